@@ -1,0 +1,121 @@
+//! The guest physical memory layout.
+//!
+//! ```text
+//! 0x0000_0000  real-mode IVT / BDA
+//! 0x0000_0500  GDT (boot), 0x0000_0520 IDT (boot)
+//! 0x0000_6000  PVH hvm_start_info, then its memory map
+//! 0x0000_7000  Linux zero page (boot_params)
+//! 0x0000_9000  boot page tables (PML4, PDPT, PDs)
+//! 0x0002_0000  kernel command line
+//! 0x0009_fc00  MP table / EBDA
+//! 0x000e_0000  ACPI RSDP and tables
+//! 0x0010_0000  kernel / built-in guest load address
+//! ...          RAM up to min(size, MMIO_HOLE_START)
+//! 0xc000_0000  32-bit MMIO hole: PCI BARs, then ECAM, then platform MMIO
+//! 0xfec0_0000  IOAPIC, 0xfee0_0000 local APIC
+//! 0x1_0000_0000 RAM above 4 GiB when size > 3 GiB
+//! ```
+use vm_memory::GuestAddress;
+
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const MEMMAP_START: u64 = 0x7000 - 0x400;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux's boot protocol caps the command line; keep ours the same for every protocol.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub const EBDA_START: u64 = 0x9fc00;
+pub const RSDP_START: u64 = 0xe0000;
+pub const ACPI_TABLES_START: u64 = 0xe0100;
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+/// Start of the 32-bit MMIO hole; RAM stops here and resumes at 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// 32-bit PCI BAR window.
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI ECAM (MMCONFIG) window, one bus.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Platform MMIO devices (test device, ...).
+pub const PLATFORM_MMIO_START: u64 = 0xf000_0000;
+/// The test device's MMIO page (see `devices::testdev`).
+pub const TESTDEV_MMIO_START: u64 = PLATFORM_MMIO_START;
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const LAPIC_START: u64 = 0xfee0_0000;
+/// KVM's TSS (three pages) and identity-map page, just below the 4 GiB BIOS area.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// 64-bit PCI BAR window, placed above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 0x40_0000_0000;
+
+/// Serial COM1.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+/// i8042 controller.
+pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_CMD_PORT: u16 = 0x64;
+/// Debug-exit port (same place as QEMU's usual `isa-debug-exit,iobase=0xf4`).
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Test device port window (see `devices::testdev`).
+pub const TESTDEV_PORT: u16 = 0x510;
+/// ACPI PM1a event/control and reset registers (hardware-reduced style, as Cloud Hypervisor).
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+pub const ACPI_RESET_PORT: u16 = 0x3c1;
+
+/// The RAM ranges for `size` bytes of guest memory, split around the 32-bit MMIO hole.
+pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
+    if size <= MMIO_HOLE_START {
+        vec![(GuestAddress(0), size as usize)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START as usize),
+            (
+                GuestAddress(MMIO_HOLE_END),
+                (size - MMIO_HOLE_START) as usize,
+            ),
+        ]
+    }
+}
+
+/// First guest address after the end of RAM.
+pub fn ram_end(size: u64) -> u64 {
+    if size <= MMIO_HOLE_START {
+        size
+    } else {
+        MMIO_HOLE_END + (size - MMIO_HOLE_START)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_ram_is_one_region() {
+        assert_eq!(
+            ram_regions(256 << 20),
+            vec![(GuestAddress(0), 256 << 20)]
+        );
+        assert_eq!(ram_end(256 << 20), 256 << 20);
+    }
+
+    #[test]
+    fn large_ram_skips_the_mmio_hole() {
+        let r = ram_regions(4 << 30);
+        assert_eq!(
+            r,
+            vec![
+                (GuestAddress(0), 0xc000_0000),
+                (GuestAddress(0x1_0000_0000), 0x4000_0000)
+            ]
+        );
+        assert_eq!(ram_end(4 << 30), 0x1_4000_0000);
+    }
+}

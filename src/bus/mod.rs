@@ -1,0 +1,282 @@
+//! Address spaces: one PIO bus and one MMIO bus.
+//!
+//! A device registers a range; dispatch finds the range that owns an address and calls the
+//! device with the offset inside the range and the access width (`data.len()`). An access that
+//! nobody owns reads as all-ones and its writes are dropped; it is counted per address and logged
+//! once, never fatal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What a device asks the VMM to do after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// Nothing beyond the write itself.
+    None,
+    /// The guest asked for a reset (i8042 0xFE, ACPI reset).
+    Reset,
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest reported a test result through the debug-exit port: 0 is pass.
+    DebugExit(u32),
+}
+
+/// A device on a bus: a plain state machine driven by reads and writes.
+pub trait BusDevice: Send {
+    /// Reads `data.len()` bytes at `offset` inside the registered range.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` inside the registered range.
+    fn write(&mut self, offset: u64, data: &[u8]) -> DeviceEvent;
+    /// The name of the register or region at `offset`, for maps and statistics.
+    fn region_name(&self, _offset: u64) -> &'static str {
+        ""
+    }
+}
+
+/// A shared handle to a device; the same device may sit on several ranges.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// Which address space a bus serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BusKind {
+    Pio,
+    Mmio,
+}
+
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BusKind::Pio => "pio",
+            BusKind::Mmio => "mmio",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("{kind} range {base:#x}+{len:#x} ({name}) overlaps {other} at {other_base:#x}+{other_len:#x}")]
+    Overlap {
+        kind: BusKind,
+        base: u64,
+        len: u64,
+        name: String,
+        other: String,
+        other_base: u64,
+        other_len: u64,
+    },
+    #[error("{kind} range {base:#x}+{len:#x} ({name}) is empty or wraps the address space")]
+    BadRange {
+        kind: BusKind,
+        base: u64,
+        len: u64,
+        name: String,
+    },
+    #[error("no {kind} range is registered at {base:#x}")]
+    NotRegistered { kind: BusKind, base: u64 },
+}
+
+/// One registered range.
+#[derive(Clone)]
+struct Entry {
+    len: u64,
+    name: String,
+    region: String,
+    device: SharedDevice,
+}
+
+/// One row of the address-space map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub base: u64,
+    pub len: u64,
+    pub device: String,
+    pub region: String,
+}
+
+/// An address space.
+pub struct Bus {
+    kind: BusKind,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
+    unowned: Mutex<HashMap<u64, u64>>,
+}
+
+impl Bus {
+    pub fn new(kind: BusKind) -> Self {
+        Bus {
+            kind,
+            ranges: RwLock::new(BTreeMap::new()),
+            unowned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn kind(&self) -> BusKind {
+        self.kind
+    }
+
+    /// Registers `device` at `[base, base + len)`. Overlap with another range is an error.
+    pub fn insert(
+        &self,
+        base: u64,
+        len: u64,
+        name: &str,
+        region: &str,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        if len == 0 || base.checked_add(len - 1).is_none() {
+            return Err(BusError::BadRange {
+                kind: self.kind,
+                base,
+                len,
+                name: name.to_string(),
+            });
+        }
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let end = base + (len - 1);
+        // The range that starts at or below `end` with the highest base is the only candidate
+        // besides ranges that start inside [base, end].
+        if let Some((&obase, other)) = ranges.range(..=end).next_back() {
+            if obase + (other.len - 1) >= base {
+                return Err(BusError::Overlap {
+                    kind: self.kind,
+                    base,
+                    len,
+                    name: name.to_string(),
+                    other: other.name.clone(),
+                    other_base: obase,
+                    other_len: other.len,
+                });
+            }
+        }
+        ranges.insert(
+            base,
+            Entry {
+                len,
+                name: name.to_string(),
+                region: region.to_string(),
+                device,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes the range registered at exactly `base`.
+    pub fn remove(&self, base: u64) -> Result<(), BusError> {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        ranges
+            .remove(&base)
+            .map(|_| ())
+            .ok_or(BusError::NotRegistered {
+                kind: self.kind,
+                base,
+            })
+    }
+
+    /// Dispatches a read. Returns whether a device owned the address.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.lookup(addr, data.len()) {
+            Some((offset, device)) => {
+                lock(&device).read(offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                self.count_unowned(addr, false, data.len());
+                false
+            }
+        }
+    }
+
+    /// Dispatches a write. Unowned writes are dropped and yield `DeviceEvent::None`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> (bool, DeviceEvent) {
+        match self.lookup(addr, data.len()) {
+            Some((offset, device)) => (true, lock(&device).write(offset, data)),
+            None => {
+                self.count_unowned(addr, true, data.len());
+                (false, DeviceEvent::None)
+            }
+        }
+    }
+
+    /// Finds the device owning `addr` for an access of `len` bytes. An access that straddles
+    /// the end of a range is not owned.
+    fn lookup(&self, addr: u64, len: usize) -> Option<(u64, SharedDevice)> {
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        let (&base, entry) = ranges.range(..=addr).next_back()?;
+        let offset = addr - base;
+        let last = offset.checked_add((len as u64).max(1) - 1)?;
+        (last < entry.len).then(|| (offset, entry.device.clone()))
+    }
+
+    fn count_unowned(&self, addr: u64, write: bool, len: usize) {
+        let mut unowned = self.unowned.lock().unwrap_or_else(|e| e.into_inner());
+        let count = unowned.entry(addr).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            log::warn!(
+                "unowned {} {} at {:#x} ({} bytes): {}",
+                self.kind,
+                if write { "write" } else { "read" },
+                addr,
+                len,
+                if write {
+                    "dropped"
+                } else {
+                    "reads as all-ones"
+                }
+            );
+        }
+    }
+
+    /// Accesses nobody owned, per address, sorted by address.
+    pub fn unowned_counts(&self) -> Vec<(u64, u64)> {
+        let unowned = self.unowned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = unowned.iter().map(|(&a, &c)| (a, c)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every registered range, sorted by address.
+    pub fn map(&self) -> Vec<MapEntry> {
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        ranges
+            .iter()
+            .map(|(&base, e)| MapEntry {
+                base,
+                len: e.len,
+                device: e.name.clone(),
+                region: e.region.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Locks a device, carrying on past a poisoned lock: a device's state is plain data.
+pub fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+    device.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Formats both address spaces the way `--print-map` shows them.
+pub fn format_map(buses: &[&Bus]) -> String {
+    let mut out = String::new();
+    for bus in buses {
+        let width = if bus.kind == BusKind::Pio { 4 } else { 16 };
+        out.push_str(&format!("address-space: {}\n", bus.kind));
+        for e in bus.map() {
+            out.push_str(&format!(
+                "  {:0w$x}-{:0w$x} (size {:#x}) {}{}{}\n",
+                e.base,
+                e.base + (e.len - 1),
+                e.len,
+                e.device,
+                if e.region.is_empty() { "" } else { " " },
+                e.region,
+                w = width
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
