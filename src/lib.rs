@@ -5,4 +5,5 @@
 //! built-in guest image) beside them.
 pub mod arch;
 pub mod bus;
+pub mod kvm;
 pub mod devices;

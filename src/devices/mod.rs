@@ -1,2 +1,5 @@
 //! Legacy and platform devices: plain state machines behind `bus::BusDevice`.
+pub mod acpi_pm;
+pub mod i8042;
+pub mod serial;
 pub mod testdev;

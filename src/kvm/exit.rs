@@ -1,0 +1,197 @@
+//! Exit decoding and dispatch: one function over a decoded exit.
+//!
+//! `kvm::vcpu` turns each `VcpuExit` into an [`Exit`] and calls [`handle_exit`]; unit tests call
+//! it with fake exits. The function routes port and MMIO accesses to the buses, turns device
+//! events and fatal exits into an [`ExitAction`], and never panics on guest input.
+use std::fmt;
+
+use crate::bus::{Bus, DeviceEvent};
+
+/// A decoded vCPU exit. Access data borrows the vCPU's `kvm_run` page (or a test buffer).
+#[derive(Debug)]
+pub enum Exit<'a> {
+    /// `in`: `size` bytes per element; `data.len()` is `size * count` for string I/O.
+    IoIn {
+        port: u16,
+        size: usize,
+        data: &'a mut [u8],
+    },
+    /// `out`: as for `IoIn`.
+    IoOut {
+        port: u16,
+        size: usize,
+        data: &'a [u8],
+    },
+    MmioRead {
+        addr: u64,
+        data: &'a mut [u8],
+    },
+    MmioWrite {
+        addr: u64,
+        data: &'a [u8],
+    },
+    Hlt,
+    /// KVM_EXIT_SHUTDOWN: a triple fault (the CPU's shutdown state).
+    Shutdown,
+    /// KVM_EXIT_SYSTEM_EVENT with its type (KVM_SYSTEM_EVENT_*).
+    SystemEvent {
+        kind: u32,
+    },
+    FailEntry {
+        reason: u64,
+        cpu: u32,
+    },
+    InternalError {
+        suberror: u32,
+    },
+    /// KVM_RUN returned EINTR/EAGAIN, or KVM_EXIT_INTR: someone kicked this vCPU.
+    Interrupted,
+    /// Anything else, by name.
+    Other(String),
+}
+
+/// Why the VM stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// ACPI poweroff or a system-event shutdown.
+    Poweroff,
+    /// A reset request (i8042, ACPI reset, system event reset).
+    Reset,
+    /// The guest reported through the debug-exit port: 0 is pass.
+    DebugExit(u32),
+    /// The guest triple-faulted.
+    TripleFault,
+    /// The guest crashed (system event crash).
+    GuestCrash,
+    /// KVM could not run the guest: the vCPU report says why.
+    Fatal(String),
+    /// The VMM asked the vCPUs to stop (signal, API).
+    Requested,
+}
+
+impl StopReason {
+    /// Whether the guest or KVM failed (as opposed to a requested stop or a test verdict).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            StopReason::TripleFault | StopReason::GuestCrash | StopReason::Fatal(_)
+        )
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Poweroff => write!(f, "guest powered off"),
+            StopReason::Reset => write!(f, "guest requested a reset"),
+            StopReason::DebugExit(0) => write!(f, "guest reported PASS"),
+            StopReason::DebugExit(c) => write!(f, "guest reported FAIL (code {c})"),
+            StopReason::TripleFault => write!(f, "guest triple-faulted (KVM_EXIT_SHUTDOWN)"),
+            StopReason::GuestCrash => write!(f, "guest crashed (KVM_SYSTEM_EVENT_CRASH)"),
+            StopReason::Fatal(why) => write!(f, "{why}"),
+            StopReason::Requested => write!(f, "stopped by the VMM"),
+        }
+    }
+}
+
+/// What the vCPU loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Enter the guest again.
+    Continue,
+    /// Stop the VM. For `Fatal`, the vCPU loop adds the register report.
+    Stop(StopReason),
+}
+
+/// The two address spaces an exit can reach.
+pub struct Buses<'a> {
+    pub pio: &'a Bus,
+    pub mmio: &'a Bus,
+}
+
+fn event_action(event: DeviceEvent) -> ExitAction {
+    match event {
+        DeviceEvent::None => ExitAction::Continue,
+        DeviceEvent::Reset => ExitAction::Stop(StopReason::Reset),
+        DeviceEvent::Poweroff => ExitAction::Stop(StopReason::Poweroff),
+        DeviceEvent::DebugExit(code) => ExitAction::Stop(StopReason::DebugExit(code)),
+    }
+}
+
+/// Splits a (possibly string) port access into elements of `size` bytes. A size KVM would never
+/// report (0, or not dividing the data) is treated as one access of the whole buffer.
+fn elements(len: usize, size: usize) -> usize {
+    if size == 0 || len % size != 0 {
+        1
+    } else {
+        len / size
+    }
+}
+
+/// Handles one decoded exit.
+pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> ExitAction {
+    match exit {
+        Exit::IoIn { port, size, data } => {
+            let n = elements(data.len(), size);
+            let step = data.len() / n;
+            for chunk in data.chunks_mut(step.max(1)) {
+                buses.pio.read(u64::from(port), chunk);
+            }
+            ExitAction::Continue
+        }
+        Exit::IoOut { port, size, data } => {
+            let n = elements(data.len(), size);
+            let step = data.len() / n;
+            for chunk in data.chunks(step.max(1)) {
+                let (_, event) = buses.pio.write(u64::from(port), chunk);
+                let action = event_action(event);
+                if action != ExitAction::Continue {
+                    return action;
+                }
+            }
+            ExitAction::Continue
+        }
+        Exit::MmioRead { addr, data } => {
+            buses.mmio.read(addr, data);
+            ExitAction::Continue
+        }
+        Exit::MmioWrite { addr, data } => event_action(buses.mmio.write(addr, data).1),
+        // With the in-kernel irqchip KVM handles HLT itself; a HLT exit means the guest stopped
+        // for good (interrupts off), which is how a bare guest ends.
+        Exit::Hlt => ExitAction::Stop(StopReason::Fatal(
+            "guest halted with no in-kernel irqchip to wake it (KVM_EXIT_HLT)".into(),
+        )),
+        Exit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+        Exit::SystemEvent { kind } => ExitAction::Stop(match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::Poweroff,
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
+            kvm_bindings::KVM_SYSTEM_EVENT_CRASH => StopReason::GuestCrash,
+            other => StopReason::Fatal(format!("unknown KVM_EXIT_SYSTEM_EVENT type {other}")),
+        }),
+        Exit::FailEntry { reason, cpu } => ExitAction::Stop(StopReason::Fatal(format!(
+            "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host cpu {cpu}"
+        ))),
+        Exit::InternalError { suberror } => ExitAction::Stop(StopReason::Fatal(format!(
+            "KVM_EXIT_INTERNAL_ERROR: suberror {suberror} ({})",
+            internal_error_name(suberror)
+        ))),
+        Exit::Interrupted => ExitAction::Continue,
+        Exit::Other(name) => {
+            ExitAction::Stop(StopReason::Fatal(format!("unhandled exit {name}")))
+        }
+    }
+}
+
+/// KVM_INTERNAL_ERROR_* names.
+pub fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exceptions",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! vCPU threads: KVM_RUN, decode the exit, dispatch (QEMU's `kvm_cpu_exec`).
+//!
+//! Stopping: the VMM sets `immediate_exit` in the vCPU's `kvm_run` page and sends it
+//! `SIGRTMIN`. A vCPU inside KVM_RUN returns with EINTR; one about to enter returns at once
+//! because of `immediate_exit`. Either way the loop sees the stop and the thread ends.
+use std::io;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::exit::{handle_exit, Buses, Exit, ExitAction, StopReason};
+use super::report::format_report;
+use crate::bus::Bus;
+
+/// The signal that kicks a vCPU out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler; without one the signal would kill the process.
+pub fn install_kick_handler() -> io::Result<()> {
+    register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
+/// State shared by the vCPUs and the thread that runs the VM.
+pub struct VmControl {
+    stopping: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    report: Mutex<Option<String>>,
+    stop_evt: EventFd,
+}
+
+impl VmControl {
+    pub fn new() -> io::Result<Self> {
+        Ok(VmControl {
+            stopping: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            report: Mutex::new(None),
+            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Asks the VM to stop; the first reason given is the one reported.
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        // The eventfd counter cannot overflow with one write per stop request.
+        let _ = self.stop_evt.write(1);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the first vCPU report (registers and code at RIP) of a failed guest.
+    pub fn set_report(&self, report: String) {
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(report);
+        }
+    }
+
+    pub fn report(&self) -> Option<String> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Readable once a stop was requested.
+    pub fn stop_evt(&self) -> &EventFd {
+        &self.stop_evt
+    }
+}
+
+/// What a vCPU thread needs besides its fd.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub control: Arc<VmControl>,
+    pub memory: GuestMemoryMmap,
+}
+
+/// Where to reach a running vCPU from another thread.
+struct Kicker {
+    run: *mut kvm_run,
+    thread: libc::pthread_t,
+}
+
+// SAFETY: `run` points into the vCPU's kvm_run mmap, which lives as long as the VcpuFd; the
+// VcpuFd is owned by the vCPU thread and `VcpuHandle::join` waits for that thread before the
+// handle (and with it the Kicker) is dropped, so the pointer is valid whenever it is used.
+unsafe impl Send for Kicker {}
+// SAFETY: see above; the only access is a single-byte volatile write.
+unsafe impl Sync for Kicker {}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    pub id: u8,
+    kicker: Kicker,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Makes the vCPU leave KVM_RUN now (or not enter it again).
+    pub fn kick(&self) {
+        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return;
+        }
+        // SAFETY: `run` is valid while the thread runs (see `Kicker`); `immediate_exit` is the
+        // field KVM documents for this, written with one volatile byte store.
+        unsafe { std::ptr::addr_of_mut!((*self.kicker.run).immediate_exit).write_volatile(1) };
+        // SAFETY: `thread` is a live pthread (checked just above; a thread that finished since
+        // is still joinable, so its id is not reused before `join`).
+        unsafe { libc::pthread_kill(self.kicker.thread, kick_signal()) };
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.kick();
+        self.join();
+    }
+}
+
+/// Starts vCPU `id` on its own thread.
+pub fn spawn(mut fd: VcpuFd, id: u8, ctx: VcpuContext) -> io::Result<VcpuHandle> {
+    let run: *mut kvm_run = fd.get_kvm_run();
+    let run_addr = run as usize;
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run_loop(&mut fd, id, run_addr as *mut kvm_run, &ctx))?;
+    let pthread = thread.as_pthread_t();
+    Ok(VcpuHandle {
+        id,
+        kicker: Kicker {
+            run,
+            thread: pthread,
+        },
+        thread: Some(thread),
+    })
+}
+
+/// Copies the parts of a `VcpuExit` the dispatcher needs. `run` is the vCPU's kvm_run page,
+/// used for the fields `VcpuExit` leaves out (the port access size).
+fn decode<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> Exit<'a> {
+    match exit {
+        VcpuExit::IoIn(port, data) => Exit::IoIn {
+            port,
+            // SAFETY: for KVM_EXIT_IO the kernel filled the `io` member; `run` is the live
+            // kvm_run page and `io` does not overlap the data area `data` borrows.
+            size: usize::from(unsafe { (*run).__bindgen_anon_1.io.size }),
+            data,
+        },
+        VcpuExit::IoOut(port, data) => Exit::IoOut {
+            port,
+            // SAFETY: as for IoIn.
+            size: usize::from(unsafe { (*run).__bindgen_anon_1.io.size }),
+            data,
+        },
+        VcpuExit::MmioRead(addr, data) => Exit::MmioRead { addr, data },
+        VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite { addr, data },
+        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::Shutdown => Exit::Shutdown,
+        VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent { kind },
+        VcpuExit::FailEntry(reason, cpu) => Exit::FailEntry { reason, cpu },
+        VcpuExit::InternalError => Exit::InternalError {
+            // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member.
+            suberror: unsafe { (*run).__bindgen_anon_1.internal.suberror },
+        },
+        VcpuExit::Intr => Exit::Interrupted,
+        other => Exit::Other(format!("{other:?}")),
+    }
+}
+
+fn run_loop(fd: &mut VcpuFd, id: u8, run: *mut kvm_run, ctx: &VcpuContext) {
+    let buses = Buses {
+        pio: &ctx.pio,
+        mmio: &ctx.mmio,
+    };
+    loop {
+        if ctx.control.is_stopping() {
+            return;
+        }
+        let action = match fd.run() {
+            Ok(exit) => handle_exit(decode(exit, run), &buses),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ExitAction::Continue
+            }
+            Err(e) => ExitAction::Stop(StopReason::Fatal(format!("KVM_RUN failed: {e}"))),
+        };
+        match action {
+            ExitAction::Continue => {
+                // A kick that did not stop the VM must not keep the vCPU out of the guest.
+                if !ctx.control.is_stopping() {
+                    fd.set_kvm_immediate_exit(0);
+                }
+            }
+            ExitAction::Stop(reason) => {
+                if reason.is_failure() {
+                    let report = fatal_report(fd, id, &reason.to_string(), &ctx.memory);
+                    ctx.control.set_report(report);
+                }
+                ctx.control.request_stop(reason);
+                return;
+            }
+        }
+    }
+}
+
+fn fatal_report(fd: &VcpuFd, id: u8, why: &str, mem: &GuestMemoryMmap) -> String {
+    let regs = fd.get_regs().ok();
+    let sregs = fd.get_sregs().ok();
+    format_report(id, why, regs.as_ref(), sregs.as_ref(), mem)
+}
