@@ -1,9 +1,13 @@
 //! trapvisor: a KVM virtual machine monitor whose trap path is complete, fast and visible.
 //!
 //! The modules follow the trap path: `kvm` (VM, vCPUs, exit dispatch) → `bus` (PIO and MMIO
-//! address spaces) → `devices` (legacy devices), with `arch` (x86_64 boot) and `guest` (the
-//! built-in guest image) beside them.
+//! address spaces) → `devices` (legacy devices), with `arch` (x86_64 boot), `guest` (the
+//! built-in guest image), `console` and `vmm` (putting a VM together) beside them.
 pub mod arch;
 pub mod bus;
-pub mod kvm;
+pub mod cli;
+pub mod console;
 pub mod devices;
+pub mod guest;
+pub mod kvm;
+pub mod vmm;

@@ -36,9 +36,18 @@ fn overlapping_registration_is_refused() {
     let (_, d) = recorder();
     bus.insert(0x3f8, 8, "serial0", "", d.clone()).unwrap();
     // Same start, inside, straddling below, straddling above.
-    for (base, len) in [(0x3f8, 1), (0x3fa, 2), (0x3f0, 9), (0x3ff, 4), (0x300, 0x200)] {
+    for (base, len) in [
+        (0x3f8, 1),
+        (0x3fa, 2),
+        (0x3f0, 9),
+        (0x3ff, 4),
+        (0x300, 0x200),
+    ] {
         let err = bus.insert(base, len, "x", "", d.clone()).unwrap_err();
-        assert!(matches!(err, BusError::Overlap { ref other, .. } if other == "serial0"), "{err}");
+        assert!(
+            matches!(err, BusError::Overlap { ref other, .. } if other == "serial0"),
+            "{err}"
+        );
     }
     // Neighbours touching either end are fine.
     bus.insert(0x3f0, 8, "below", "", d.clone()).unwrap();

@@ -152,7 +152,7 @@ mod tests {
         let mut b = [0xffu8; 2];
         s.read(9, &mut b);
         assert_eq!(b, [0, 0]);
-        s.write(9, &[b'x']);
+        s.write(9, b"x");
         s.write(0, &[]);
         assert!(out.0.lock().unwrap().is_empty());
     }

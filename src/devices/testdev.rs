@@ -13,6 +13,7 @@
 //! | 0x4    | read   | SINK count, low 32 bits |
 //! | 0x8    | write  | CONSOLE: one byte to the VMM's output |
 use std::io::Write;
+use std::time::Instant;
 
 use crate::bus::{BusDevice, DeviceEvent};
 
@@ -49,12 +50,23 @@ impl BusDevice for DebugExit {
 /// The test device.
 pub struct TestDev {
     sink_count: u64,
+    /// When the first and the latest SINK writes arrived (the exit benchmark's window).
+    sink_window: Option<(Instant, Instant)>,
     out: Box<dyn Write + Send>,
 }
 
 impl TestDev {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        TestDev { sink_count: 0, out }
+        TestDev {
+            sink_count: 0,
+            sink_window: None,
+            out,
+        }
+    }
+
+    /// The times of the first and the latest SINK write.
+    pub fn sink_window(&self) -> Option<(Instant, Instant)> {
+        self.sink_window
     }
 
     /// Writes seen by the SINK register.
@@ -76,7 +88,12 @@ impl BusDevice for TestDev {
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceEvent {
         match offset {
             EXIT_OFFSET => return DeviceEvent::DebugExit(le_value(data)),
-            SINK_OFFSET => self.sink_count += 1,
+            SINK_OFFSET => {
+                self.sink_count += 1;
+                let now = Instant::now();
+                let first = self.sink_window.map_or(now, |(first, _)| first);
+                self.sink_window = Some((first, now));
+            }
             CONSOLE_OFFSET => {
                 // Console output is best effort: a closed stdout must not stop the guest.
                 let _ = self.out.write_all(&data[..1]);
@@ -135,11 +152,16 @@ mod tests {
         t.read(SINK_OFFSET, &mut v);
         assert_eq!(u32::from_le_bytes(v), 5);
         assert_eq!(t.sink_count(), 5);
+        let (first, last) = t.sink_window().unwrap();
+        assert!(last >= first);
         for b in b"hi\n" {
             t.write(CONSOLE_OFFSET, &[*b]);
         }
         assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
-        assert_eq!(t.write(EXIT_OFFSET, &[7, 0, 0, 0]), DeviceEvent::DebugExit(7));
+        assert_eq!(
+            t.write(EXIT_OFFSET, &[7, 0, 0, 0]),
+            DeviceEvent::DebugExit(7)
+        );
         // Reserved offsets read zero and ignore writes.
         t.read(0xc, &mut v);
         assert_eq!(v, [0; 4]);

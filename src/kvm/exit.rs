@@ -121,7 +121,7 @@ fn event_action(event: DeviceEvent) -> ExitAction {
 /// Splits a (possibly string) port access into elements of `size` bytes. A size KVM would never
 /// report (0, or not dividing the data) is treated as one access of the whole buffer.
 fn elements(len: usize, size: usize) -> usize {
-    if size == 0 || len % size != 0 {
+    if size == 0 || !len.is_multiple_of(size) {
         1
     } else {
         len / size
@@ -176,9 +176,7 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> ExitAction {
             internal_error_name(suberror)
         ))),
         Exit::Interrupted => ExitAction::Continue,
-        Exit::Other(name) => {
-            ExitAction::Stop(StopReason::Fatal(format!("unhandled exit {name}")))
-        }
+        Exit::Other(name) => ExitAction::Stop(StopReason::Fatal(format!("unhandled exit {name}"))),
     }
 }
 

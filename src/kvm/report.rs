@@ -62,7 +62,9 @@ pub fn format_report(
     );
     let bytes = translate(mem, sr, linear).and_then(|phys| {
         let mut b = [0u8; 16];
-        mem.read_slice(&mut b, GuestAddress(phys)).ok().map(|_| (phys, b))
+        mem.read_slice(&mut b, GuestAddress(phys))
+            .ok()
+            .map(|_| (phys, b))
     });
     match bytes {
         Some((phys, b)) => {
@@ -127,9 +129,11 @@ mod tests {
         m.write_obj(0x2000u64 | 3, GuestAddress(0x1000)).unwrap();
         m.write_obj(0x3000u64 | 3, GuestAddress(0x2000)).unwrap();
         // PD[0]: 2 MiB page at 0x200000. PD[1]: PT at 0x4000, whose entry 5 maps 0x7000.
-        m.write_obj(0x20_0000u64 | 0x83, GuestAddress(0x3000)).unwrap();
+        m.write_obj(0x20_0000u64 | 0x83, GuestAddress(0x3000))
+            .unwrap();
         m.write_obj(0x4000u64 | 3, GuestAddress(0x3008)).unwrap();
-        m.write_obj(0x7000u64 | 3, GuestAddress(0x4000 + 5 * 8)).unwrap();
+        m.write_obj(0x7000u64 | 3, GuestAddress(0x4000 + 5 * 8))
+            .unwrap();
         let sregs = kvm_sregs {
             cr0: CR0_PG | 1,
             cr3: 0x1000,
@@ -142,7 +146,8 @@ mod tests {
         // Not present: PD[2] is zero.
         assert_eq!(translate(&m, &sregs, 0x40_0000), None);
         // A table pointer outside RAM ends the walk.
-        m.write_obj(0x4000_0000u64 | 3, GuestAddress(0x3010)).unwrap();
+        m.write_obj(0x4000_0000u64 | 3, GuestAddress(0x3010))
+            .unwrap();
         assert_eq!(translate(&m, &sregs, 0x40_0000), None);
     }
 

@@ -66,7 +66,10 @@ impl VmControl {
     }
 
     pub fn reason(&self) -> Option<StopReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Keeps the first vCPU report (registers and code at RIP) of a failed guest.
@@ -78,7 +81,10 @@ impl VmControl {
     }
 
     pub fn report(&self) -> Option<String> {
-        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Readable once a stop was requested.
@@ -102,9 +108,10 @@ struct Kicker {
     thread: libc::pthread_t,
 }
 
-// SAFETY: `run` points into the vCPU's kvm_run mmap, which lives as long as the VcpuFd; the
-// VcpuFd is owned by the vCPU thread and `VcpuHandle::join` waits for that thread before the
-// handle (and with it the Kicker) is dropped, so the pointer is valid whenever it is used.
+// SAFETY: `run` points into the vCPU's kvm_run mmap, which lives as long as the VcpuFd. The
+// vCPU thread hands its VcpuFd back as its result, so the fd (and the mapping) is dropped only
+// in `VcpuHandle::join`, after which the handle no longer kicks: the pointer is valid whenever
+// it is used.
 unsafe impl Send for Kicker {}
 // SAFETY: see above; the only access is a single-byte volatile write.
 unsafe impl Sync for Kicker {}
@@ -113,27 +120,27 @@ unsafe impl Sync for Kicker {}
 pub struct VcpuHandle {
     pub id: u8,
     kicker: Kicker,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<VcpuFd>>,
 }
 
 impl VcpuHandle {
     /// Makes the vCPU leave KVM_RUN now (or not enter it again).
     pub fn kick(&self) {
-        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+        if self.thread.is_none() {
             return;
         }
         // SAFETY: `run` is valid while the thread runs (see `Kicker`); `immediate_exit` is the
         // field KVM documents for this, written with one volatile byte store.
         unsafe { std::ptr::addr_of_mut!((*self.kicker.run).immediate_exit).write_volatile(1) };
-        // SAFETY: `thread` is a live pthread (checked just above; a thread that finished since
-        // is still joinable, so its id is not reused before `join`).
+        // SAFETY: `thread` has not been joined (checked just above), so its id is still valid
+        // even if it has finished; the signal then has no effect.
         unsafe { libc::pthread_kill(self.kicker.thread, kick_signal()) };
     }
 
-    /// Waits for the thread to end.
+    /// Waits for the thread to end; its VcpuFd (and kvm_run mapping) is dropped here.
     pub fn join(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            drop(t.join());
         }
     }
 }
@@ -151,7 +158,19 @@ pub fn spawn(mut fd: VcpuFd, id: u8, ctx: VcpuContext) -> io::Result<VcpuHandle>
     let run_addr = run as usize;
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_loop(&mut fd, id, run_addr as *mut kvm_run, &ctx))?;
+        .spawn(move || {
+            let run = run_addr as *mut kvm_run;
+            // A panic must not unwind past here: that would unmap kvm_run under the kicker.
+            let loop_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_loop(&mut fd, id, run, &ctx)
+            }));
+            if loop_result.is_err() {
+                ctx.control
+                    .request_stop(StopReason::Fatal(format!("vcpu{id} thread panicked")));
+            }
+            // Returned, not dropped: the kicker may still write into its kvm_run page.
+            fd
+        })?;
     let pthread = thread.as_pthread_t();
     Ok(VcpuHandle {
         id,
@@ -206,9 +225,7 @@ fn run_loop(fd: &mut VcpuFd, id: u8, run: *mut kvm_run, ctx: &VcpuContext) {
         }
         let action = match fd.run() {
             Ok(exit) => handle_exit(decode(exit, run), &buses),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                ExitAction::Continue
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
             Err(e) => ExitAction::Stop(StopReason::Fatal(format!("KVM_RUN failed: {e}"))),
         };
         match action {

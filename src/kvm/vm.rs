@@ -48,7 +48,7 @@ pub fn host_ram_bytes() -> u64 {
 
 /// Checks a guest memory size before anything is allocated.
 pub fn check_memory_size(size: u64) -> Result<(), VmError> {
-    if size < (1 << 20) || size % 4096 != 0 {
+    if size < (1 << 20) || !size.is_multiple_of(4096) {
         return Err(VmError::MemorySize(size));
     }
     let host = host_ram_bytes();
@@ -165,7 +165,9 @@ impl Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("mem_size", &self.mem_size).finish()
+        f.debug_struct("Vm")
+            .field("mem_size", &self.mem_size)
+            .finish()
     }
 }
 

@@ -20,12 +20,16 @@ use vm_memory::GuestAddress;
 pub const BOOT_GDT_START: u64 = 0x500;
 pub const BOOT_IDT_START: u64 = 0x520;
 pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (the initrd), right after the 56-byte hvm_start_info.
+pub const PVH_MODLIST_START: u64 = PVH_INFO_START + 0x40;
 pub const MEMMAP_START: u64 = 0x7000 - 0x400;
 pub const ZERO_PAGE_START: u64 = 0x7000;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
 pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
+/// Page directories at PDE_START.. (2 MiB pages): the boot page tables map the first 4 GiB.
+pub const BOOT_PD_COUNT: u64 = 4;
 pub const CMDLINE_START: u64 = 0x20000;
 /// Linux's boot protocol caps the command line; keep ours the same for every protocol.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
@@ -52,8 +56,10 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 /// KVM's TSS (three pages) and identity-map page, just below the 4 GiB BIOS area.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
-/// 64-bit PCI BAR window, placed above RAM.
+/// 64-bit PCI BAR window, placed above RAM (see `pci_mmio64_start`).
 pub const PCI_MMIO64_SIZE: u64 = 0x40_0000_0000;
+/// Alignment of the 64-bit PCI BAR window's start.
+pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
 
 /// Serial COM1.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -93,16 +99,21 @@ pub fn ram_end(size: u64) -> u64 {
     }
 }
 
+/// Start of the 64-bit PCI BAR window for `size` bytes of RAM: the first 1 GiB boundary at or
+/// above both the end of RAM and 4 GiB. The window is `PCI_MMIO64_SIZE` bytes long.
+pub fn pci_mmio64_start(size: u64) -> u64 {
+    ram_end(size)
+        .max(MMIO_HOLE_END)
+        .next_multiple_of(PCI_MMIO64_ALIGN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn small_ram_is_one_region() {
-        assert_eq!(
-            ram_regions(256 << 20),
-            vec![(GuestAddress(0), 256 << 20)]
-        );
+        assert_eq!(ram_regions(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
         assert_eq!(ram_end(256 << 20), 256 << 20);
     }
 
@@ -117,5 +128,12 @@ mod tests {
             ]
         );
         assert_eq!(ram_end(4 << 30), 0x1_4000_0000);
+    }
+
+    #[test]
+    fn mmio64_window_is_above_ram_and_4g() {
+        assert_eq!(pci_mmio64_start(256 << 20), 0x1_0000_0000);
+        assert_eq!(pci_mmio64_start(4 << 30), 0x1_4000_0000);
+        assert_eq!(pci_mmio64_start((4 << 30) + 4096), 0x1_8000_0000);
     }
 }

@@ -3,18 +3,94 @@
 //!
 //! CONTRACT (used by `kvm::vm`, `kvm::vcpu` and `vmm`): the functions below keep these
 //! signatures.
+//!
+//! The pieces: `loader` puts the kernel, initrd and command line in guest memory;
+//! `bootparams` writes the Linux zero page or the PVH `hvm_start_info`, both with the memory
+//! map of [`bootparams::memory_map`]; `acpi` writes RSDP, XSDT, FADT, MADT, MCFG and DSDT;
+//! `cpuid` filters KVM's supported CPUID per vCPU; `regs` sets registers, segments, page
+//! tables, FPU, MSRs and the local APIC's LINT pins.
+pub mod acpi;
+pub mod bootparams;
+pub mod cpuid;
 pub mod layout;
+pub mod loader;
+pub mod regs;
+
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-/// Errors of the boot code.
+/// Errors of the boot code. Each message is one line, fit for the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchError {
-    #[error("not implemented yet: {0}")]
-    Unimplemented(&'static str),
+    #[error("kernel image is neither a bzImage nor an ELF vmlinux")]
+    UnknownKernelFormat,
+    #[error("reading the kernel image failed: {0}")]
+    KernelRead(std::io::Error),
+    #[error("loading the {format} kernel failed: {reason}")]
+    KernelLoad {
+        format: &'static str,
+        reason: String,
+    },
+    #[error("the bzImage has no 64-bit entry point (boot protocol {0:#x}, XLF_KERNEL_64 unset)")]
+    NoLongModeEntry(u16),
+    #[error(
+        "the kernel needs guest RAM up to {needed:#x} to unpack, but RAM ends at {ram_end:#x}"
+    )]
+    KernelTooLarge { needed: u64, ram_end: u64 },
+    #[error("the ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")]
+    NoPvhNote,
+    #[error("real-mode image ({size} bytes at {addr:#x}) does not fit in guest RAM")]
+    ImageTooLarge { size: usize, addr: u64 },
+    #[error("kernel command line is {len} bytes with its NUL; the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("initrd ({size} bytes) does not fit in guest RAM ({room} bytes free between the kernel and {top:#x})")]
+    InitrdTooLarge { size: u64, room: u64, top: u64 },
+    #[error("reading the initrd failed: {0}")]
+    InitrdRead(std::io::Error),
+    #[error("an initrd needs a Linux or PVH kernel, not a real-mode image")]
+    InitrdWithRealMode,
+    #[error("the number of vCPUs must be at least 1")]
+    NoVcpus,
+    #[error("vCPU id {id} is out of range for {nr_cpus} vCPUs")]
+    VcpuId { id: u8, nr_cpus: u8 },
+    #[error("ACPI tables ({size} bytes) do not fit between {start:#x} and {end:#x}")]
+    AcpiTooLarge { size: usize, start: u64, end: u64 },
+    #[error("writing {what} to guest memory failed: {err}")]
+    GuestMemory {
+        what: &'static str,
+        err: vm_memory::GuestMemoryError,
+    },
+    #[error("KVM {op} failed: {err}")]
+    Kvm {
+        op: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("KVM {op} failed: {err} (is the in-kernel irqchip created before the vCPU?)")]
+    Lapic {
+        op: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("KVM's supported CPUID has no leaf {0:#x}")]
+    CpuidLeafMissing(u32),
+    #[error("the CPUID table has {0} entries; KVM takes at most {max}", max = kvm_bindings::KVM_MAX_CPUID_ENTRIES)]
+    CpuidTooLarge(usize),
+}
+
+/// Maps a guest-memory write error to [`ArchError::GuestMemory`] with what was written.
+pub(crate) fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> ArchError {
+    move |err| ArchError::GuestMemory { what, err }
+}
+
+/// Maps a KVM ioctl error to [`ArchError::Kvm`] with the ioctl's name.
+pub(crate) fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ArchError {
+    move |err| ArchError::Kvm { op, err }
 }
 
 /// How the boot vCPU starts executing.
@@ -35,7 +111,12 @@ pub enum KernelSource<'a> {
     /// An ELF with a PVH note held in memory (the built-in guest).
     PvhElf(&'a [u8]),
     /// A flat real-mode image copied to `load_addr` and started at `cs:ip`.
-    RealMode { image: &'a [u8], load_addr: u64, cs: u16, ip: u16 },
+    RealMode {
+        image: &'a [u8],
+        load_addr: u64,
+        cs: u16,
+        ip: u16,
+    },
 }
 
 /// Everything the loader needs besides guest memory.
@@ -51,19 +132,134 @@ pub struct BootConfig<'a> {
 /// Loads the kernel (and initrd, command line), writes the boot tables the protocol needs
 /// (zero page with e820, or hvm_start_info with its memory map; ACPI tables in both cases) and
 /// returns where the boot vCPU starts.
-pub fn load_kernel(_mem: &GuestMemoryMmap, _cfg: BootConfig<'_>) -> Result<BootEntry, ArchError> {
-    Err(ArchError::Unimplemented("load_kernel"))
+///
+/// An ELF from a file boots through PVH when it has the PVH note, else through the Linux 64-bit
+/// protocol at its entry point; a bzImage boots through the 64-bit protocol at load address +
+/// 0x200. Real-mode images get the command line and ACPI tables too (the tables only when RAM
+/// reaches past them); the image is copied last, so it may overwrite either.
+pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEntry, ArchError> {
+    if cfg.nr_cpus == 0 {
+        return Err(ArchError::NoVcpus);
+    }
+    let BootConfig {
+        kernel,
+        initrd,
+        cmdline,
+        mem_size,
+        nr_cpus,
+    } = cfg;
+
+    // Checked before anything is written, so a bad command line fails fast.
+    let cmdline_size = loader::check_cmdline(cmdline)?;
+
+    match kernel {
+        KernelSource::RealMode {
+            image,
+            load_addr,
+            cs,
+            ip,
+        } => {
+            if initrd.is_some() {
+                return Err(ArchError::InitrdWithRealMode);
+            }
+            loader::check_real_mode(mem, image, load_addr)?;
+            if acpi::fits_in(mem) {
+                acpi::write_tables(mem, nr_cpus, mem_size)?;
+            } else {
+                log::debug!("guest RAM ends below the ACPI tables; real-mode guest gets none");
+            }
+            loader::write_cmdline(mem, cmdline)?;
+            loader::load_real_mode(mem, image, load_addr)?;
+            Ok(BootEntry::RealMode { cs, ip })
+        }
+        KernelSource::File(file) => {
+            let kernel = loader::load_file(mem, file, mem_size)?;
+            finish_load(
+                mem,
+                kernel,
+                initrd,
+                cmdline,
+                cmdline_size,
+                mem_size,
+                nr_cpus,
+            )
+        }
+        KernelSource::PvhElf(bytes) => {
+            let kernel = loader::load_pvh_elf(mem, bytes)?;
+            finish_load(
+                mem,
+                kernel,
+                initrd,
+                cmdline,
+                cmdline_size,
+                mem_size,
+                nr_cpus,
+            )
+        }
+    }
+}
+
+/// Command line, initrd, ACPI and the protocol's boot table for a loaded Linux/PVH kernel.
+fn finish_load(
+    mem: &GuestMemoryMmap,
+    kernel: loader::LoadedKernel,
+    initrd: Option<&mut File>,
+    cmdline: &str,
+    cmdline_size: usize,
+    mem_size: u64,
+    nr_cpus: u8,
+) -> Result<BootEntry, ArchError> {
+    loader::write_cmdline(mem, cmdline)?;
+    let initrd = match initrd {
+        Some(file) => {
+            let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
+            Some(loader::load_initrd(mem, file, kernel.end, top)?)
+        }
+        None => None,
+    };
+    acpi::write_tables(mem, nr_cpus, mem_size)?;
+    match kernel.entry {
+        BootEntry::Linux64 { .. } => {
+            let params = bootparams::build_boot_params(
+                kernel.setup_header,
+                mem_size,
+                cmdline_size as u32,
+                initrd,
+            );
+            bootparams::write_boot_params(mem, &params)?;
+        }
+        BootEntry::Pvh { .. } => bootparams::write_pvh_info(mem, mem_size, initrd)?,
+        BootEntry::RealMode { .. } => unreachable!("real-mode images are not loaded here"),
+    }
+    Ok(kernel.entry)
 }
 
 /// Sets CPUID, MSRs, FPU and LAPIC LINT pins for vCPU `id` of `nr_cpus`; for the boot vCPU
 /// (`id == 0`) also the registers for `entry`. Other vCPUs wait for INIT/SIPI.
+///
+/// Needs the in-kernel irqchip (for the local APIC). For `Linux64` and `Pvh` it writes the boot
+/// GDT and IDT (and for `Linux64` the identity page tables) into `mem`.
 pub fn configure_vcpu(
-    _kvm: &Kvm,
-    _vcpu: &VcpuFd,
-    _id: u8,
-    _nr_cpus: u8,
-    _entry: &BootEntry,
-    _mem: &GuestMemoryMmap,
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    id: u8,
+    nr_cpus: u8,
+    entry: &BootEntry,
+    mem: &GuestMemoryMmap,
 ) -> Result<(), ArchError> {
-    Err(ArchError::Unimplemented("configure_vcpu"))
+    if nr_cpus == 0 {
+        return Err(ArchError::NoVcpus);
+    }
+    if id >= nr_cpus {
+        return Err(ArchError::VcpuId { id, nr_cpus });
+    }
+    cpuid::set_cpuid(kvm, vcpu, id, nr_cpus)?;
+    regs::setup_msrs(kvm, vcpu)?;
+    regs::setup_fpu(vcpu)?;
+    regs::setup_lints(vcpu)?;
+    if id == 0 {
+        regs::setup_sregs(vcpu, mem, entry)?;
+        regs::setup_regs(vcpu, entry)?;
+    }
+    Ok(())
 }

@@ -32,7 +32,8 @@ impl Fixture {
         let log = Arc::new(Mutex::new(Log::default()));
         let dev: SharedDevice = log.clone();
         pio.insert(0x3f8, 8, "serial0", "", dev.clone()).unwrap();
-        mmio.insert(0xf000_0000, 0x1000, "testdev", "", dev).unwrap();
+        mmio.insert(0xf000_0000, 0x1000, "testdev", "", dev)
+            .unwrap();
         pio.insert(0xf4, 4, "debug-exit", "", Arc::new(Mutex::new(DebugExit)))
             .unwrap();
         Fixture { pio, mmio, log }
@@ -57,7 +58,7 @@ fn port_out_reaches_the_owner_with_offset() {
     let a = f.run(Exit::IoOut {
         port: 0x3fd,
         size: 1,
-        data: &[b'x'],
+        data: b"x",
     });
     assert_eq!(a, ExitAction::Continue);
     assert_eq!(f.log(), vec![(5, vec![b'x'])]);
@@ -179,7 +180,10 @@ fn fatal_exits_stop_with_a_reason() {
     );
     match f.run(Exit::InternalError { suberror: 1 }) {
         ExitAction::Stop(StopReason::Fatal(why)) => {
-            assert!(why.contains("INTERNAL_ERROR") && why.contains("emulation failure"), "{why}")
+            assert!(
+                why.contains("INTERNAL_ERROR") && why.contains("emulation failure"),
+                "{why}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -200,15 +204,15 @@ fn fatal_exits_stop_with_a_reason() {
 fn system_events_map_to_stop_reasons() {
     let f = Fixture::new();
     let cases = [
-        (kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN, StopReason::Poweroff),
+        (
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN,
+            StopReason::Poweroff,
+        ),
         (kvm_bindings::KVM_SYSTEM_EVENT_RESET, StopReason::Reset),
         (kvm_bindings::KVM_SYSTEM_EVENT_CRASH, StopReason::GuestCrash),
     ];
     for (kind, reason) in cases {
-        assert_eq!(
-            f.run(Exit::SystemEvent { kind }),
-            ExitAction::Stop(reason)
-        );
+        assert_eq!(f.run(Exit::SystemEvent { kind }), ExitAction::Stop(reason));
     }
     assert!(matches!(
         f.run(Exit::SystemEvent { kind: 99 }),

@@ -1,0 +1,85 @@
+//! The command line: space-separated words, each one command.
+//!
+//! An empty command line runs [`DEFAULT`]. Every word is parsed before any runs, so a typo fails
+//! the guest before it does anything.
+
+/// The sequence run for an empty command line.
+pub const DEFAULT: &str = "hello pio-loop=1000 mmio-loop=1000 cpl3";
+/// Default count for `pio-loop`, `mmio-loop` and `cpl3` without `=N`.
+pub const DEFAULT_COUNT: u32 = 1000;
+
+/// One command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `hello`: greet and echo the command line.
+    Hello,
+    /// `pio-loop=N`: N 32-bit `out`s to the test device's SINK port.
+    PioLoop(u32),
+    /// `mmio-loop=N`: N 32-bit MMIO writes to the test device's SINK register.
+    MmioLoop(u32),
+    /// `cpl3[=N]`: compute at CPL3, N MMIO SINK writes and a console line from there.
+    Cpl3(u32),
+    /// `idle`: `sti; hlt` forever.
+    Idle,
+    /// `triple-fault`: shut the VM down by a triple fault.
+    TripleFault,
+    /// `smp`: start every AP in the MADT.
+    Smp,
+    /// `exit=N`: report N through the debug-exit port at once.
+    Exit(u32),
+    /// `fail`: FAIL on purpose.
+    Fail,
+}
+
+/// Why a word is not a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError<'a> {
+    Unknown(&'a str),
+    BadValue(&'a str),
+}
+
+/// The words of a command line.
+pub fn words(line: &str) -> impl Iterator<Item = &str> {
+    line.split_ascii_whitespace()
+}
+
+/// Parses a decimal or `0x` hexadecimal u32.
+fn number(s: &str) -> Option<u32> {
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// Parses one word.
+pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
+    let (name, value) = match word.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (word, None),
+    };
+    let count = |default: Option<u32>| -> Result<u32, ParseError<'_>> {
+        match value {
+            Some(v) => number(v).ok_or(ParseError::BadValue(word)),
+            None => default.ok_or(ParseError::BadValue(word)),
+        }
+    };
+    let no_value = |c: Command| -> Result<Command, ParseError<'_>> {
+        match value {
+            None => Ok(c),
+            Some(_) => Err(ParseError::BadValue(word)),
+        }
+    };
+    match name {
+        "hello" => no_value(Command::Hello),
+        "pio-loop" => Ok(Command::PioLoop(count(Some(DEFAULT_COUNT))?)),
+        "mmio-loop" => Ok(Command::MmioLoop(count(Some(DEFAULT_COUNT))?)),
+        "cpl3" => Ok(Command::Cpl3(count(Some(DEFAULT_COUNT))?)),
+        "idle" => no_value(Command::Idle),
+        "triple-fault" => no_value(Command::TripleFault),
+        "smp" => no_value(Command::Smp),
+        "exit" => Ok(Command::Exit(count(None)?)),
+        "fail" => no_value(Command::Fail),
+        _ => Err(ParseError::Unknown(word)),
+    }
+}

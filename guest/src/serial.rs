@@ -1,0 +1,78 @@
+//! COM1 (16550 at 0x3f8), polled output. Every line the guest prints goes here.
+use core::fmt::{self, Write};
+
+use crate::cpu::{inb, outb};
+use crate::sync::SpinLock;
+
+const COM1: u16 = 0x3f8;
+const THR: u16 = 0;
+const IER: u16 = 1;
+const FCR: u16 = 2;
+const LCR: u16 = 3;
+const MCR: u16 = 4;
+const LSR: u16 = 5;
+const LSR_THR_EMPTY: u8 = 1 << 5;
+/// Polls of LSR per byte before giving up (a missing UART reads 0xff, a stuck one never empties).
+const MAX_POLLS: u32 = 100_000;
+
+/// The UART. Only reachable through [`SERIAL`].
+pub struct Com1(());
+
+static SERIAL: SpinLock<Com1> = SpinLock::new(Com1(()));
+
+/// Programs 115200 8N1, FIFOs on, interrupts off.
+pub fn init() {
+    outb(COM1 + IER, 0x00);
+    outb(COM1 + LCR, 0x80); // DLAB
+    outb(COM1, 0x01); // divisor 1: 115200 baud
+    outb(COM1 + IER, 0x00);
+    outb(COM1 + LCR, 0x03); // 8N1
+    outb(COM1 + FCR, 0xc7);
+    outb(COM1 + MCR, 0x03); // DTR, RTS; OUT2 off (no interrupts)
+}
+
+impl Com1 {
+    fn put(&mut self, byte: u8) {
+        for _ in 0..MAX_POLLS {
+            if inb(COM1 + LSR) & LSR_THR_EMPTY != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        outb(COM1 + THR, byte);
+    }
+}
+
+impl Write for Com1 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            self.put(b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints one line under the lock, so that lines of different CPUs never mix.
+pub fn print_line(args: fmt::Arguments) {
+    let mut com = SERIAL.lock();
+    let _ = com.write_fmt(args);
+    com.put(b'\n');
+}
+
+/// Prints one line without the lock: for the fatal path (exceptions, panics), which may run
+/// while this CPU already holds it.
+pub fn print_line_unlocked(args: fmt::Arguments) {
+    // SAFETY: the guest stops right after the fatal path prints; a line mixed with another
+    // CPU's output is the worst outcome.
+    let com = unsafe { SERIAL.steal() };
+    let _ = com.write_fmt(args);
+    com.put(b'\n');
+}
+
+/// `println!` to COM1, one line at a time.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::serial::print_line(format_args!($($arg)*))
+    };
+}

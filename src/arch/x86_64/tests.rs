@@ -1,0 +1,675 @@
+//! Tests of `load_kernel` (synthetic ELF, bzImage and real-mode images in guest memory; the
+//! Debian kernel from `scripts/fetch-debian-kernel.sh` when it is cached) and of
+//! `configure_vcpu` on real vCPUs (skipped where /dev/kvm cannot be opened).
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use kvm_bindings::{kvm_msr_entry, Msrs};
+use linux_loader::loader::bootparam::boot_params;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::tempfile::TempFile;
+
+use super::bootparams::{MemmapEntry, ModlistEntry, StartInfo};
+use super::layout::*;
+use super::*;
+
+fn guest_mem(size: u64) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&layout::ram_regions(size)).unwrap()
+}
+
+fn file_with(bytes: &[u8]) -> File {
+    let mut f = TempFile::new().unwrap().into_file();
+    f.write_all(bytes).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f
+}
+
+const ELF_CODE_OFFSET: usize = 0x1000;
+
+/// A minimal x86-64 ELF executable: one PT_LOAD of `code` at `paddr`, entry `entry`, and, with
+/// `pvh`, a PT_NOTE holding the Xen PVH entry note.
+fn elf(entry: u64, paddr: u64, code: &[u8], pvh: Option<u32>) -> Vec<u8> {
+    let phnum: u16 = if pvh.is_some() { 2 } else { 1 };
+    let mut b = vec![0u8; ELF_CODE_OFFSET];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1; // version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&entry.to_le_bytes());
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[56..58].copy_from_slice(&phnum.to_le_bytes());
+    let phdr = |b: &mut Vec<u8>, at: usize, p_type: u32, off: u64, addr: u64, size: u64| {
+        let fields: [u64; 6] = [off, addr, addr, size, size, 0x1000];
+        b[at..at + 4].copy_from_slice(&p_type.to_le_bytes());
+        b[at + 4..at + 8].copy_from_slice(&5u32.to_le_bytes());
+        for (i, v) in fields.iter().enumerate() {
+            b[at + 8 + i * 8..at + 16 + i * 8].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    phdr(
+        &mut b,
+        64,
+        1,
+        ELF_CODE_OFFSET as u64,
+        paddr,
+        code.len() as u64,
+    );
+    if let Some(pvh_entry) = pvh {
+        let note_off = 64 + 2 * 56;
+        // A note of another type first, as in a real vmlinux.
+        let mut note = Vec::new();
+        for (ty, desc) in [(6u32, *b"linu"), (18, pvh_entry.to_le_bytes())] {
+            note.extend_from_slice(&4u32.to_le_bytes());
+            note.extend_from_slice(&4u32.to_le_bytes());
+            note.extend_from_slice(&ty.to_le_bytes());
+            note.extend_from_slice(b"Xen\0");
+            note.extend_from_slice(&desc);
+        }
+        b[note_off..note_off + note.len()].copy_from_slice(&note);
+        phdr(&mut b, 64 + 56, 4, note_off as u64, 0, note.len() as u64);
+    }
+    b.extend_from_slice(code);
+    b
+}
+
+const BZ_SETUP_SECTS: u8 = 3;
+const BZ_INIT_SIZE: u32 = 0x80_0000;
+
+/// A minimal bzImage: boot protocol 2.15, 64-bit entry, relocatable, `payload` after the
+/// setup sectors.
+fn bzimage(payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; (usize::from(BZ_SETUP_SECTS) + 1) * 512];
+    b[0x1f1] = BZ_SETUP_SECTS;
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x211] = 1; // LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    b[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    b[0x234] = 1; // relocatable
+    b[0x236..0x238].copy_from_slice(&3u16.to_le_bytes()); // XLF_KERNEL_64 | above 4G
+    b[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+    b[0x260..0x264].copy_from_slice(&BZ_INIT_SIZE.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+fn boot(
+    mem: &GuestMemoryMmap,
+    kernel: KernelSource<'_>,
+    initrd: Option<&mut File>,
+    cmdline: &str,
+) -> Result<BootEntry, ArchError> {
+    load_kernel(
+        mem,
+        BootConfig {
+            kernel,
+            initrd,
+            cmdline,
+            mem_size: mem.iter().map(|r| r.len()).sum(),
+            nr_cpus: 2,
+        },
+    )
+}
+
+fn read_cmdline(mem: &GuestMemoryMmap) -> String {
+    let mut buf = vec![0u8; CMDLINE_MAX_SIZE];
+    mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+        .unwrap();
+    let len = buf.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8(buf[..len].to_vec()).unwrap()
+}
+
+fn assert_acpi_present(mem: &GuestMemoryMmap) {
+    let mut sig = [0u8; 8];
+    mem.read_slice(&mut sig, GuestAddress(RSDP_START)).unwrap();
+    assert_eq!(&sig, b"RSD PTR ");
+}
+
+#[test]
+fn pvh_elf_from_memory() {
+    let mem = guest_mem(256 << 20);
+    let image = elf(0x10_0000, 0x10_0000, &[0xf4; 64], Some(0x10_0010));
+    let mut initrd = file_with(&[0xab; 5000]);
+    let entry = boot(
+        &mem,
+        KernelSource::PvhElf(&image),
+        Some(&mut initrd),
+        "console=ttyS0",
+    )
+    .unwrap();
+    assert_eq!(
+        entry,
+        BootEntry::Pvh {
+            entry: GuestAddress(0x10_0010)
+        }
+    );
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(), 0xf4);
+    assert_eq!(read_cmdline(&mem), "console=ttyS0");
+    assert_acpi_present(&mem);
+
+    let info = mem
+        .read_obj::<StartInfo>(GuestAddress(PVH_INFO_START))
+        .unwrap()
+        .0;
+    assert_eq!(info.magic, 0x336e_c578);
+    assert_eq!(info.version, 1);
+    assert_eq!(info.cmdline_paddr, CMDLINE_START);
+    assert_eq!(info.rsdp_paddr, RSDP_START);
+    assert_eq!((info.memmap_paddr, info.memmap_entries), (MEMMAP_START, 4));
+    assert_eq!(
+        (info.nr_modules, info.modlist_paddr),
+        (1, PVH_MODLIST_START)
+    );
+    let module = mem
+        .read_obj::<ModlistEntry>(GuestAddress(PVH_MODLIST_START))
+        .unwrap()
+        .0;
+    // As high as possible, page-aligned.
+    assert_eq!(module.size, 5000);
+    assert_eq!(module.paddr, ((256 << 20) - 5000) & !0xfff);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(module.paddr)).unwrap(),
+        0xab
+    );
+    let ram = mem
+        .read_obj::<MemmapEntry>(GuestAddress(MEMMAP_START + 2 * 24))
+        .unwrap()
+        .0;
+    assert_eq!(
+        (ram.addr, ram.size, ram.type_),
+        (HIGH_RAM_START, (256 << 20) - HIGH_RAM_START, 1)
+    );
+}
+
+#[test]
+fn pvh_elf_without_note_is_refused() {
+    let mem = guest_mem(16 << 20);
+    let image = elf(0x10_0000, 0x10_0000, &[0xf4; 16], None);
+    let err = boot(&mem, KernelSource::PvhElf(&image), None, "").unwrap_err();
+    assert!(matches!(err, ArchError::NoPvhNote), "{err}");
+    let err = boot(&mem, KernelSource::PvhElf(b"MZ not an elf"), None, "").unwrap_err();
+    assert!(matches!(err, ArchError::KernelLoad { .. }), "{err}");
+}
+
+#[test]
+fn elf_file_with_pvh_note_boots_pvh_and_without_boots_linux64() {
+    let mem = guest_mem(64 << 20);
+    let mut f = file_with(&elf(0x20_0000, 0x20_0000, &[0x90; 32], Some(0x20_0004)));
+    let entry = boot(&mem, KernelSource::File(&mut f), None, "").unwrap();
+    assert_eq!(
+        entry,
+        BootEntry::Pvh {
+            entry: GuestAddress(0x20_0004)
+        }
+    );
+
+    let mem = guest_mem(64 << 20);
+    let mut f = file_with(&elf(0x20_0000, 0x20_0000, &[0x90; 32], None));
+    let mut initrd = file_with(&[1; 4096]);
+    let entry = boot(&mem, KernelSource::File(&mut f), Some(&mut initrd), "quiet").unwrap();
+    assert_eq!(
+        entry,
+        BootEntry::Linux64 {
+            entry: GuestAddress(0x20_0000)
+        }
+    );
+    let p = mem
+        .read_obj::<boot_params>(GuestAddress(ZERO_PAGE_START))
+        .unwrap();
+    assert_eq!({ p.hdr.boot_flag }, 0xaa55);
+    assert_eq!({ p.hdr.header }, 0x5372_6448);
+    assert_eq!({ p.hdr.type_of_loader }, 0xff);
+    assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+    assert_eq!({ p.hdr.cmdline_size }, 6);
+    assert_eq!({ p.hdr.ramdisk_image }, (64 << 20) - 4096);
+    assert_eq!({ p.hdr.ramdisk_size }, 4096);
+    assert_eq!({ p.acpi_rsdp_addr }, RSDP_START);
+    assert_eq!(p.e820_entries, 4);
+    assert_eq!(read_cmdline(&mem), "quiet");
+}
+
+#[test]
+fn bzimage_boots_at_its_64bit_entry() {
+    let mem = guest_mem(256 << 20);
+    let mut f = file_with(&bzimage(&[0xcc; 0x3000]));
+    let mut initrd = file_with(&[7; 0x2345]);
+    let entry = boot(
+        &mem,
+        KernelSource::File(&mut f),
+        Some(&mut initrd),
+        "root=/dev/vda",
+    )
+    .unwrap();
+    assert_eq!(
+        entry,
+        BootEntry::Linux64 {
+            entry: GuestAddress(HIGH_RAM_START + 0x200)
+        }
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(HIGH_RAM_START)).unwrap(),
+        0xcc
+    );
+    let p = mem
+        .read_obj::<boot_params>(GuestAddress(ZERO_PAGE_START))
+        .unwrap();
+    assert_eq!({ p.hdr.version }, 0x020f);
+    assert_eq!({ p.hdr.setup_sects }, BZ_SETUP_SECTS);
+    assert_eq!({ p.hdr.code32_start }, HIGH_RAM_START as u32);
+    assert_eq!({ p.hdr.type_of_loader }, 0xff);
+    assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+    assert_eq!({ p.hdr.cmdline_size }, 14);
+    assert_eq!({ p.hdr.ramdisk_size }, 0x2345);
+    assert_eq!({ p.hdr.ramdisk_image }, ((256u32 << 20) - 0x2345) & !0xfff);
+    assert_eq!({ p.acpi_rsdp_addr }, RSDP_START);
+    assert_eq!(p.e820_entries, 4);
+    assert_acpi_present(&mem);
+}
+
+#[test]
+fn bzimage_initrd_stays_below_initrd_addr_max_and_above_the_unpacked_kernel() {
+    // 4 GiB of RAM would need 4 GiB of memory: use the placement with the header instead.
+    let mut image = bzimage(&[0; 16]);
+    image[0x22c..0x230].copy_from_slice(&0x0fff_ffffu32.to_le_bytes());
+    let mem = guest_mem(512 << 20);
+    let mut f = file_with(&image);
+    let mut initrd = file_with(&[7; 0x1000]);
+    boot(&mem, KernelSource::File(&mut f), Some(&mut initrd), "").unwrap();
+    let p = mem
+        .read_obj::<boot_params>(GuestAddress(ZERO_PAGE_START))
+        .unwrap();
+    assert_eq!({ p.hdr.ramdisk_image }, 0x1000_0000 - 0x1000);
+
+    // The unpacked kernel reaches pref_address + init_size = 24 MiB: no room in 24 MiB.
+    let mem = guest_mem(24 << 20);
+    let mut f = file_with(&bzimage(&[0; 16]));
+    let mut initrd = file_with(&[7; 0x1000]);
+    let err = boot(&mem, KernelSource::File(&mut f), Some(&mut initrd), "").unwrap_err();
+    assert!(matches!(err, ArchError::InitrdTooLarge { .. }), "{err}");
+    // And in less RAM than that, the kernel itself does not fit.
+    let mem = guest_mem(16 << 20);
+    let mut f = file_with(&bzimage(&[0; 16]));
+    let err = boot(&mem, KernelSource::File(&mut f), None, "").unwrap_err();
+    assert!(matches!(err, ArchError::KernelTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn bzimage_without_64bit_entry_is_refused() {
+    let mut image = bzimage(&[0; 16]);
+    image[0x236] = 0;
+    let mem = guest_mem(64 << 20);
+    let err = boot(&mem, KernelSource::File(&mut file_with(&image)), None, "").unwrap_err();
+    assert!(matches!(err, ArchError::NoLongModeEntry(0x020f)), "{err}");
+}
+
+#[test]
+fn garbage_kernel_is_neither_format() {
+    let mem = guest_mem(16 << 20);
+    for junk in [&[0x42u8; 8192][..], b"", b"\x7fEL"] {
+        let err = boot(&mem, KernelSource::File(&mut file_with(junk)), None, "").unwrap_err();
+        assert!(matches!(err, ArchError::UnknownKernelFormat), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "kernel image is neither a bzImage nor an ELF vmlinux"
+        );
+    }
+}
+
+#[test]
+fn truncated_elf_is_reported() {
+    let mem = guest_mem(16 << 20);
+    let image = elf(0x10_0000, 0x10_0000, &[0x90; 0x800], Some(0x10_0000));
+    // Cut inside the code, inside the program headers, inside the ELF header.
+    for cut in [ELF_CODE_OFFSET + 0x400, 100, 40] {
+        let mut f = file_with(&image[..cut]);
+        let err = boot(&mem, KernelSource::File(&mut f), None, "").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ArchError::KernelLoad { format: "ELF", .. }),
+            "{text}"
+        );
+        assert!(text.contains("truncated"), "{text}");
+    }
+}
+
+#[test]
+fn elf_beyond_ram_is_reported() {
+    let mem = guest_mem(16 << 20);
+    let image = elf(0x100_0000, 0x100_0000, &[0x90; 16], None);
+    let err = boot(&mem, KernelSource::File(&mut file_with(&image)), None, "").unwrap_err();
+    assert!(
+        err.to_string().contains("does not fit in guest RAM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cmdline_too_long_is_refused_before_loading() {
+    let mem = guest_mem(16 << 20);
+    let image = elf(0x10_0000, 0x10_0000, &[0xf4; 16], Some(0x10_0000));
+    let long = "a".repeat(3000);
+    let err = boot(&mem, KernelSource::PvhElf(&image), None, &long).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "kernel command line is 3001 bytes with its NUL; the limit is 2048"
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(),
+        0,
+        "nothing loaded"
+    );
+}
+
+#[test]
+fn initrd_too_large_is_refused() {
+    let mem = guest_mem(4 << 20);
+    let image = elf(0x10_0000, 0x10_0000, &[0xf4; 0x1000], Some(0x10_0000));
+    // 3 MiB above a kernel ending at 1 MiB + 4 KiB in 4 MiB of RAM: 4 KiB short.
+    let mut initrd = file_with(&vec![0u8; 3 << 20]);
+    let err = boot(&mem, KernelSource::PvhElf(&image), Some(&mut initrd), "").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "initrd (3145728 bytes) does not fit in guest RAM (3141632 bytes free between the kernel and 0x400000)"
+    );
+}
+
+#[test]
+fn real_mode_image_is_copied() {
+    let mem = guest_mem(1 << 20);
+    let image = [0xb0, 0x41, 0xf4];
+    let entry = boot(
+        &mem,
+        KernelSource::RealMode {
+            image: &image,
+            load_addr: 0x7c00,
+            cs: 0x07c0,
+            ip: 0,
+        },
+        None,
+        "x",
+    )
+    .unwrap();
+    assert_eq!(entry, BootEntry::RealMode { cs: 0x07c0, ip: 0 });
+    let mut back = [0u8; 3];
+    mem.read_slice(&mut back, GuestAddress(0x7c00)).unwrap();
+    assert_eq!(back, image);
+    assert_acpi_present(&mem);
+
+    let err = boot(
+        &mem,
+        KernelSource::RealMode {
+            image: &[0; 32],
+            load_addr: (1 << 20) - 16,
+            cs: 0,
+            ip: 0,
+        },
+        None,
+        "",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ArchError::ImageTooLarge { size: 32, .. }),
+        "{err}"
+    );
+    let err = boot(
+        &mem,
+        KernelSource::RealMode {
+            image: &image,
+            load_addr: 0x7c00,
+            cs: 0,
+            ip: 0,
+        },
+        Some(&mut file_with(&[1])),
+        "",
+    )
+    .unwrap_err();
+    assert!(matches!(err, ArchError::InitrdWithRealMode), "{err}");
+}
+
+#[test]
+fn no_vcpus_is_refused() {
+    let mem = guest_mem(1 << 20);
+    let err = load_kernel(
+        &mem,
+        BootConfig {
+            kernel: KernelSource::RealMode {
+                image: &[0xf4],
+                load_addr: 0,
+                cs: 0,
+                ip: 0,
+            },
+            initrd: None,
+            cmdline: "",
+            mem_size: 1 << 20,
+            nr_cpus: 0,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ArchError::NoVcpus));
+}
+
+fn cached_kernel(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/kernel")
+        .join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: {} is not there (scripts/fetch-debian-kernel.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn debian_kernel_if_cached() {
+    if let Some(path) = cached_kernel("vmlinuz") {
+        let mem = guest_mem(256 << 20);
+        let mut f = File::open(path).unwrap();
+        let entry = boot(&mem, KernelSource::File(&mut f), None, "console=ttyS0").unwrap();
+        assert_eq!(
+            entry,
+            BootEntry::Linux64 {
+                entry: GuestAddress(HIGH_RAM_START + 0x200)
+            }
+        );
+        let p = mem
+            .read_obj::<boot_params>(GuestAddress(ZERO_PAGE_START))
+            .unwrap();
+        assert!({ p.hdr.version } >= 0x020f);
+        assert_eq!({ p.hdr.type_of_loader }, 0xff);
+    }
+    if let Some(path) = cached_kernel("vmlinux") {
+        let mem = guest_mem(256 << 20);
+        let mut f = File::open(path).unwrap();
+        let mut initrd = file_with(&[0; 4096]);
+        let entry = boot(&mem, KernelSource::File(&mut f), Some(&mut initrd), "").unwrap();
+        assert!(
+            matches!(entry, BootEntry::Pvh { entry } if entry.0 >= HIGH_RAM_START),
+            "{entry:?}"
+        );
+    }
+}
+
+/// A VM with the in-kernel irqchip and one vCPU per id, or None without /dev/kvm.
+fn kvm_vcpus(n: u8) -> Option<(Kvm, kvm_ioctls::VmFd, Vec<VcpuFd>)> {
+    let kvm = match Kvm::new() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("skipping: cannot open /dev/kvm: {e}");
+            return None;
+        }
+    };
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let vcpus = (0..n)
+        .map(|i| vm.create_vcpu(u64::from(i)).unwrap())
+        .collect();
+    Some((kvm, vm, vcpus))
+}
+
+fn fresh_vcpu_reports_mxcsr(kvm: &Kvm) -> bool {
+    let vm = kvm.create_vm().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    let reported = vcpu.get_fpu().unwrap().mxcsr != 0;
+    if !reported {
+        eprintln!("note: KVM_GET_FPU reports MXCSR as 0 here; not checked");
+    }
+    reported
+}
+
+fn entries() -> [BootEntry; 3] {
+    [
+        BootEntry::Linux64 {
+            entry: GuestAddress(0x100_0000),
+        },
+        BootEntry::Pvh {
+            entry: GuestAddress(0x100_0850),
+        },
+        BootEntry::RealMode {
+            cs: 0x1000,
+            ip: 0x20,
+        },
+    ]
+}
+
+#[test]
+fn configure_boot_vcpu_for_each_entry() {
+    for entry in entries() {
+        let Some((kvm, _vm, vcpus)) = kvm_vcpus(1) else {
+            return;
+        };
+        let mem = guest_mem(64 << 20);
+        configure_vcpu(&kvm, &vcpus[0], 0, 1, &entry, &mem).unwrap();
+        let regs = vcpus[0].get_regs().unwrap();
+        let sregs = vcpus[0].get_sregs().unwrap();
+        assert_eq!(regs.rflags, 2, "{entry:?}");
+        match entry {
+            BootEntry::Linux64 { entry } => {
+                assert_eq!(regs.rip, entry.0);
+                assert_eq!((regs.rsi, regs.rsp), (ZERO_PAGE_START, BOOT_STACK_POINTER));
+                assert_eq!(sregs.cr0 & 0x8000_0011, 0x8000_0011, "PG|ET|PE");
+                assert_ne!(sregs.cr4 & regs::X86_CR4_PAE, 0);
+                assert_eq!(sregs.cr3, PML4_START);
+                assert_eq!(sregs.efer & 0x500, 0x500, "LME|LMA");
+                assert_eq!((sregs.cs.selector, sregs.cs.l), (8, 1));
+                assert_eq!(sregs.gdt.base, BOOT_GDT_START);
+            }
+            BootEntry::Pvh { entry } => {
+                assert_eq!(regs.rip, entry.0);
+                assert_eq!(regs.rbx, PVH_INFO_START);
+                assert_eq!(sregs.cr0 & 0x8000_0011, 0x11, "PE|ET, no paging");
+                assert_eq!(sregs.efer & 0x500, 0);
+                assert_eq!((sregs.cs.selector, sregs.cs.db, sregs.cs.l), (8, 1, 0));
+                assert_eq!((sregs.cs.base, sregs.cs.limit), (0, 0xffff_ffff));
+                assert_eq!((sregs.ds.selector, sregs.ss.selector), (0x10, 0x10));
+                assert_eq!((sregs.tr.limit, sregs.tr.type_), (0x67, 0xb));
+            }
+            BootEntry::RealMode { cs, ip } => {
+                assert_eq!(regs.rip, u64::from(ip));
+                assert_eq!((sregs.cs.selector, sregs.cs.base), (cs, u64::from(cs) << 4));
+                assert_eq!(sregs.cs.limit, 0xffff);
+                assert_eq!(sregs.ds.base, 0);
+                assert_eq!(sregs.cr0 & 0x8000_0001, 0, "real mode, no paging");
+            }
+        }
+        let fpu = vcpus[0].get_fpu().unwrap();
+        assert_eq!(fpu.fcw, 0x37f);
+        // This machine's PVM KVM_GET_FPU reports MXCSR as 0 even for a fresh vCPU (whose
+        // MXCSR is 0x1f80); check it only where KVM reports it.
+        if fresh_vcpu_reports_mxcsr(&kvm) {
+            assert_eq!(fpu.mxcsr, 0x1f80);
+        }
+        let (lvt0, lvt1) = regs::read_lints(&vcpus[0]).unwrap();
+        assert_eq!((lvt0 >> 8) & 7, regs::APIC_MODE_EXTINT);
+        assert_eq!((lvt1 >> 8) & 7, regs::APIC_MODE_NMI);
+    }
+}
+
+#[test]
+fn configure_application_processor_leaves_registers_alone() {
+    let Some((kvm, _vm, vcpus)) = kvm_vcpus(2) else {
+        return;
+    };
+    let mem = guest_mem(16 << 20);
+    let entry = entries()[0];
+    let before = vcpus[1].get_sregs().unwrap();
+    configure_vcpu(&kvm, &vcpus[1], 1, 2, &entry, &mem).unwrap();
+    let after = vcpus[1].get_sregs().unwrap();
+    assert_eq!(
+        (after.cr0, after.cs.selector),
+        (before.cr0, before.cs.selector)
+    );
+    assert_eq!(after.cs.selector, 0xf000, "still at the reset vector");
+
+    let cpuid = vcpus[1]
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let leaf = |f: u32, i: u32| {
+        *cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
+    };
+    let l1 = leaf(1, 0);
+    assert_eq!(l1.ebx >> 24, 1, "APIC id of vCPU 1");
+    assert_ne!(l1.ecx & cpuid::ECX_HYPERVISOR, 0);
+    let sig = leaf(cpuid::LEAF_KVM_SIGNATURE, 0);
+    assert_eq!([sig.ebx, sig.ecx, sig.edx], cpuid::KVM_SIGNATURE);
+    assert_eq!(leaf(0xb, 0).edx, 1, "x2APIC id");
+
+    // The boot MSRs KVM supports read back.
+    let supported = kvm.get_msr_index_list().unwrap();
+    for (index, value) in [
+        (regs::MSR_IA32_MISC_ENABLE, regs::MISC_ENABLE_FAST_STRING),
+        (regs::MSR_MTRR_DEF_TYPE, regs::MTRR_DEF_TYPE_WB_ENABLED),
+    ] {
+        if !supported.as_slice().contains(&index) {
+            continue;
+        }
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(vcpus[1].get_msrs(&mut msrs).unwrap(), 1);
+        assert_eq!(msrs.as_slice()[0].data & value, value, "MSR {index:#x}");
+    }
+}
+
+#[test]
+fn configure_vcpu_checks_its_ids() {
+    let Some((kvm, _vm, vcpus)) = kvm_vcpus(1) else {
+        return;
+    };
+    let mem = guest_mem(16 << 20);
+    let err = configure_vcpu(&kvm, &vcpus[0], 2, 2, &entries()[0], &mem).unwrap_err();
+    assert_eq!(err.to_string(), "vCPU id 2 is out of range for 2 vCPUs");
+    assert!(matches!(
+        configure_vcpu(&kvm, &vcpus[0], 0, 0, &entries()[0], &mem),
+        Err(ArchError::NoVcpus)
+    ));
+}
+
+#[test]
+fn configure_vcpu_without_irqchip_says_so() {
+    let Ok(kvm) = Kvm::new() else {
+        return;
+    };
+    let vm = kvm.create_vm().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    let mem = guest_mem(16 << 20);
+    let err = configure_vcpu(&kvm, &vcpu, 0, 1, &entries()[1], &mem).unwrap_err();
+    assert!(err.to_string().contains("irqchip"), "{err}");
+}

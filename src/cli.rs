@@ -1,0 +1,162 @@
+//! The command line.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trapvisor",
+    version,
+    about = "A KVM VMM whose trap path is complete, fast and visible"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a VM: the built-in guest unless --kernel is given.
+    Run(RunArgs),
+    /// Write the built-in guest (a PVH ELF that QEMU, Firecracker and Cloud Hypervisor can boot)
+    /// to PATH.
+    GuestImage {
+        /// Where to write the image.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel to boot: a bzImage, or an ELF vmlinux with a PVH note.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (for the built-in guest: the commands it runs).
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest RAM, e.g. 256M or 1G (suffixes K, M, G, T; powers of 1024).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
+    /// Print both address spaces (range, size, device, region) before starting.
+    #[arg(long)]
+    pub print_map: bool,
+}
+
+/// Parses `256M`, `1G`, `4096`, `2GiB`; rejects 0 and overflow.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    if num.is_empty() {
+        return Err(format!("'{s}' is not a size (examples: 256M, 1G)"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 256M, 1G)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use K, M, G or T)")),
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes == 0 {
+        return Err("the size must be larger than 0".to_string());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "12Q",
+            "-1G",
+            "1.5G",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from(["trapvisor", "run"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.memory, 256 << 20);
+        assert_eq!(a.cpus, 1);
+        assert!(a.kernel.is_none() && a.initrd.is_none() && !a.print_map);
+        assert_eq!(a.cmdline, "");
+    }
+
+    #[test]
+    fn run_options() {
+        let cli = Cli::try_parse_from([
+            "trapvisor",
+            "run",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "console=ttyS0",
+            "--memory",
+            "1G",
+            "--cpus",
+            "4",
+            "--print-map",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.kernel, Some(PathBuf::from("/k")));
+        assert_eq!(a.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(a.cmdline, "console=ttyS0");
+        assert_eq!((a.memory, a.cpus, a.print_map), (1 << 30, 4, true));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for args in [
+            &["trapvisor", "run", "--cpus", "0"][..],
+            &["trapvisor", "run", "--cpus", "65"],
+            &["trapvisor", "run", "--memory", "0"],
+            &["trapvisor", "run", "--memory", "lots"],
+            &["trapvisor", "run", "--bogus"],
+            &["trapvisor"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Putting a VM together: RAM, buses, devices, the kernel, vCPUs; running it until it stops.
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::arch::x86_64::{self as arch, layout, ArchError, BootConfig, BootEntry, KernelSource};
+use crate::bus::{format_map, Bus, BusError, BusKind, SharedDevice};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{IrqFdTrigger, SerialDevice};
+use crate::devices::testdev::{self, DebugExit, TestDev};
+use crate::kvm::exit::StopReason;
+use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
+use crate::kvm::vm::{Vm, VmError};
+
+/// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
+pub const MAX_VCPUS: u8 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Boot(#[from] ArchError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot open kernel {path}: {err}")]
+    Kernel { path: PathBuf, err: io::Error },
+    #[error("cannot open initrd {path}: {err}")]
+    Initrd { path: PathBuf, err: io::Error },
+    #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Cpus(u32),
+    #[error("{what}: {err}")]
+    Io { what: &'static str, err: io::Error },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
+    move |err| VmmError::Io { what, err }
+}
+
+/// What the VM boots.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    /// The guest embedded in this binary (`crate::guest`).
+    Builtin,
+    /// A bzImage or ELF vmlinux.
+    File(PathBuf),
+    /// A flat real-mode image (purpose-made test guests).
+    RealMode {
+        image: Vec<u8>,
+        load_addr: u64,
+        cs: u16,
+        ip: u16,
+    },
+}
+
+/// A VM's configuration.
+pub struct VmConfig {
+    pub kernel: Kernel,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_size: u64,
+    pub cpus: u32,
+    /// Where serial and test-device output goes.
+    pub console: Box<dyn Write + Send>,
+}
+
+impl VmConfig {
+    /// The built-in guest with the CLI's defaults, printing to stdout.
+    pub fn builtin(cmdline: &str) -> Self {
+        VmConfig {
+            kernel: Kernel::Builtin,
+            initrd: None,
+            cmdline: cmdline.to_string(),
+            mem_size: 256 << 20,
+            cpus: 1,
+            console: Box::new(io::stdout()),
+        }
+    }
+}
+
+/// One console shared by every device that prints.
+#[derive(Clone)]
+struct SharedConsole(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for SharedConsole {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// A VM ready to run.
+pub struct Vmm {
+    vm: Vm,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    control: Arc<VmControl>,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    serial: Arc<Mutex<SerialDevice<IrqFdTrigger>>>,
+    testdev: Arc<Mutex<TestDev>>,
+}
+
+impl Vmm {
+    /// Builds the VM: checks the configuration, creates RAM and devices, loads the kernel and
+    /// configures every vCPU. Nothing runs yet.
+    pub fn new(cfg: VmConfig) -> Result<Vmm, VmmError> {
+        if cfg.cpus == 0 || cfg.cpus > u32::from(MAX_VCPUS) {
+            return Err(VmmError::Cpus(cfg.cpus));
+        }
+        let nr_cpus = cfg.cpus as u8;
+        // Open the files first: a bad path is reported before any VM exists.
+        let mut kernel_file = match &cfg.kernel {
+            Kernel::File(path) => Some(File::open(path).map_err(|err| VmmError::Kernel {
+                path: path.clone(),
+                err,
+            })?),
+            _ => None,
+        };
+        let mut initrd_file = match &cfg.initrd {
+            Some(path) => Some(File::open(path).map_err(|err| VmmError::Initrd {
+                path: path.clone(),
+                err,
+            })?),
+            None => None,
+        };
+
+        let vm = Vm::new(cfg.mem_size)?;
+        let console = SharedConsole(Arc::new(Mutex::new(cfg.console)));
+        let pio = Arc::new(Bus::new(BusKind::Pio));
+        let mmio = Arc::new(Bus::new(BusKind::Mmio));
+
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            IrqFdTrigger(vm.irqfd(layout::COM1_IRQ)?),
+            Box::new(console.clone()),
+        )));
+        let testdev = Arc::new(Mutex::new(TestDev::new(Box::new(console))));
+        let serial_dev: SharedDevice = serial.clone();
+        let testdev_dev: SharedDevice = testdev.clone();
+        pio.insert(layout::COM1_PORT.into(), 8, "serial0", "16550", serial_dev)?;
+        pio.insert(
+            layout::I8042_DATA_PORT.into(),
+            5,
+            "i8042",
+            "data+status/command",
+            Arc::new(Mutex::new(I8042::default())),
+        )?;
+        pio.insert(
+            layout::DEBUG_EXIT_PORT.into(),
+            4,
+            "debug-exit",
+            "exit",
+            Arc::new(Mutex::new(DebugExit)),
+        )?;
+        pio.insert(
+            layout::TESTDEV_PORT.into(),
+            testdev::PIO_LEN,
+            "testdev",
+            "exit+sink+console",
+            testdev_dev.clone(),
+        )?;
+        pio.insert(
+            layout::ACPI_SLEEP_CONTROL_PORT.into(),
+            2,
+            "acpi-pm",
+            "sleep-control+reset",
+            Arc::new(Mutex::new(AcpiPm)),
+        )?;
+        mmio.insert(
+            layout::TESTDEV_MMIO_START,
+            testdev::MMIO_LEN,
+            "testdev",
+            "exit+sink+console",
+            testdev_dev,
+        )?;
+
+        let source = match (&cfg.kernel, kernel_file.as_mut()) {
+            (Kernel::File(_), Some(f)) => KernelSource::File(f),
+            (
+                Kernel::RealMode {
+                    image,
+                    load_addr,
+                    cs,
+                    ip,
+                },
+                _,
+            ) => KernelSource::RealMode {
+                image,
+                load_addr: *load_addr,
+                cs: *cs,
+                ip: *ip,
+            },
+            _ => KernelSource::PvhElf(crate::guest::GUEST_ELF),
+        };
+        let entry: BootEntry = arch::load_kernel(
+            vm.memory(),
+            BootConfig {
+                kernel: source,
+                initrd: initrd_file.as_mut(),
+                cmdline: &cfg.cmdline,
+                mem_size: cfg.mem_size,
+                nr_cpus,
+            },
+        )?;
+
+        let mut vcpus = Vec::with_capacity(usize::from(nr_cpus));
+        for id in 0..nr_cpus {
+            let fd = vm.create_vcpu(id)?;
+            arch::configure_vcpu(vm.kvm(), &fd, id, nr_cpus, &entry, vm.memory())?;
+            vcpus.push(fd);
+        }
+        Ok(Vmm {
+            vm,
+            pio,
+            mmio,
+            control: Arc::new(VmControl::new().map_err(io_err("eventfd"))?),
+            vcpus,
+            serial,
+            testdev,
+        })
+    }
+
+    /// Both address spaces, as `--print-map` shows them.
+    pub fn format_map(&self) -> String {
+        format_map(&[&self.pio, &self.mmio])
+    }
+
+    pub fn pio_bus(&self) -> &Arc<Bus> {
+        &self.pio
+    }
+
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio
+    }
+
+    /// Stops the VM from another thread.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.clone()
+    }
+
+    /// Writes seen by the test device's SINK register.
+    pub fn sink_count(&self) -> u64 {
+        self.testdev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sink_count()
+    }
+
+    /// The times of the first and the latest SINK write (the exit benchmark's window).
+    pub fn sink_window(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.testdev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sink_window()
+    }
+
+    /// Runs the vCPUs until the VM stops, then kicks and joins every vCPU thread. `signals`,
+    /// when given, stops the VM on SIGINT/SIGTERM; with `forward_stdin`, terminal input goes to
+    /// the serial port.
+    pub fn run(
+        &mut self,
+        signals: Option<&StopSignals>,
+        forward_stdin: bool,
+    ) -> Result<RunResult, VmmError> {
+        vcpu::install_kick_handler().map_err(io_err("cannot install the vCPU kick handler"))?;
+        let ctx = VcpuContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            control: self.control.clone(),
+            memory: self.vm.memory().clone(),
+        };
+        let mut handles: Vec<VcpuHandle> = Vec::new();
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            match vcpu::spawn(fd, id as u8, ctx.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    self.control
+                        .request_stop(StopReason::Fatal(format!("cannot start vcpu{id}: {e}")));
+                    break;
+                }
+            }
+        }
+        let stdin = if forward_stdin {
+            crate::console::StdinForwarder::start(self.serial.clone(), self.control.clone())
+        } else {
+            None
+        };
+        self.wait(signals);
+        for h in &handles {
+            h.kick();
+        }
+        for h in &mut handles {
+            h.join();
+        }
+        drop(stdin);
+        Ok(RunResult {
+            reason: self.control.reason().unwrap_or(StopReason::Requested),
+            report: self.control.report(),
+        })
+    }
+
+    /// Blocks until a stop is requested (by a vCPU, or by a signal).
+    fn wait(&self, signals: Option<&StopSignals>) {
+        let mut fds = vec![libc::pollfd {
+            fd: self.control.stop_evt().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(s) = signals {
+            fds.push(libc::pollfd {
+                fd: s.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        while !self.control.is_stopping() {
+            // SAFETY: `fds` is a valid array of initialized pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.control.request_stop(StopReason::Fatal(format!(
+                    "poll failed: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            if let Some(s) = signals {
+                if fds[1].revents & libc::POLLIN != 0 {
+                    let signo = s.read();
+                    log::info!("signal {signo}: stopping the VM");
+                    self.control.request_stop(StopReason::Requested);
+                }
+            }
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub reason: StopReason,
+    /// The vCPU's register report when the guest failed.
+    pub report: Option<String>,
+}
+
+/// SIGINT and SIGTERM, blocked and read through a signalfd so that no handler and no global
+/// state is needed. Create it before any other thread so that every thread inherits the mask.
+pub struct StopSignals {
+    fd: OwnedFd,
+}
+
+impl StopSignals {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data; it is initialized by sigemptyset before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the calls only modify it or the thread's mask.
+        let fd = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(StopSignals {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Reads one pending signal; returns its number (0 if none).
+    fn read(&self) -> u32 {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: `info` is a writable buffer of `size` bytes.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                std::ptr::addr_of_mut!(info).cast(),
+                size,
+            )
+        };
+        if n as usize == size {
+            info.ssi_signo
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Bad user input: each gets a one-line error and exit status 2, and nothing is left behind.
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_usage_error, run};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trapvisor-bad-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn missing_kernel() {
+    let out = run(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert_usage_error(&out, "cannot open kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn unreadable_kernel_is_a_directory() {
+    let out = run(&["run", "--kernel", "/"]);
+    assert_eq!(out.code, Some(2), "{}", out.dump());
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.dump());
+}
+
+#[test]
+fn kernel_that_is_not_a_kernel() {
+    let dir = scratch("notkernel");
+    let k = dir.join("kernel");
+    std::fs::write(&k, vec![0x42u8; 8192]).unwrap();
+    let out = run(&["run", "--kernel", k.to_str().unwrap()]);
+    assert_usage_error(&out, "kernel");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_initrd() {
+    let out = run(&["run", "--initrd", "/nonexistent/initrd"]);
+    assert_usage_error(&out, "cannot open initrd /nonexistent/initrd");
+}
+
+#[test]
+fn initrd_larger_than_ram() {
+    let dir = scratch("bigrd");
+    let rd = dir.join("initrd");
+    // Sparse: 80 MiB of holes for a 64 MiB guest.
+    let f = std::fs::File::create(&rd).unwrap();
+    f.set_len(80 << 20).unwrap();
+    let img = dir.join("guest.elf");
+    std::fs::write(&img, trapvisor::guest::GUEST_ELF).unwrap();
+    let out = run(&[
+        "run",
+        "--kernel",
+        img.to_str().unwrap(),
+        "--initrd",
+        rd.to_str().unwrap(),
+        "--memory",
+        "64M",
+    ]);
+    assert_usage_error(&out, "initrd");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn memory_zero_unparsable_or_too_large() {
+    for (mem, needle) in [
+        ("0", "larger than 0"),
+        ("lots", "not a size"),
+        ("12X", "unknown unit"),
+        ("64T", "more than the host"),
+    ] {
+        let out = run(&["run", "--memory", mem]);
+        assert_usage_error(&out, needle);
+    }
+}
+
+#[test]
+fn cpus_zero() {
+    let out = run(&["run", "--cpus", "0"]);
+    assert_usage_error(&out, "cpus");
+}
+
+#[test]
+fn no_permission_on_dev_kvm_says_how_to_fix() {
+    // Run as 'nobody' with no groups: /dev/kvm (root-only here) is then not accessible.
+    let Ok(status) = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: setpriv not installed");
+        return;
+    };
+    assert!(status.status.success());
+    let out = common::wait(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_trapvisor"))
+            .arg("run")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        std::time::Duration::from_secs(30),
+    );
+    if out.stderr.contains("Permission denied") && !out.stderr.contains("kvm") {
+        eprintln!("skipped: the binary itself is not executable by nobody");
+        return;
+    }
+    common::assert_usage_error(&out, "permission denied");
+    assert!(out.stderr.contains("kvm' group"), "{}", out.dump());
+}
