@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Print both address spaces (range, size, device, region) before starting.
     #[arg(long)]
     pub print_map: bool,
+    /// Print the exit statistics (counts and handling latency by reason, device and region)
+    /// on stderr when the VM stops.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Parses `256M`, `1G`, `4096`, `2GiB`; rejects 0 and overflow.

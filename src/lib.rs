@@ -10,4 +10,5 @@ pub mod console;
 pub mod devices;
 pub mod guest;
 pub mod kvm;
+pub mod trace;
 pub mod vmm;

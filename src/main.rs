@@ -72,6 +72,9 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(EXIT_USAGE, &e.into()),
     };
+    if args.stats {
+        eprint!("{}", vmm.format_exit_stats());
+    }
     let failed = match &result.reason {
         StopReason::DebugExit(code) => *code != 0,
         StopReason::Poweroff | StopReason::Reset | StopReason::Requested => false,

@@ -14,6 +14,7 @@ use crate::devices::testdev::{self, DebugExit, TestDev};
 use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
+use crate::trace::exits::{self, ExitStats};
 
 /// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
 pub const MAX_VCPUS: u8 = 64;
@@ -103,6 +104,8 @@ pub struct Vmm {
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     serial: Arc<Mutex<SerialDevice<IrqFdTrigger>>>,
     testdev: Arc<Mutex<TestDev>>,
+    /// One per vCPU, recorded by its thread.
+    exit_stats: Vec<Arc<Mutex<ExitStats>>>,
 }
 
 impl Vmm {
@@ -221,6 +224,7 @@ impl Vmm {
             vcpus,
             serial,
             testdev,
+            exit_stats: (0..nr_cpus).map(|_| Arc::default()).collect(),
         })
     }
 
@@ -258,6 +262,39 @@ impl Vmm {
             .sink_window()
     }
 
+    /// A snapshot of each vCPU's exit statistics.
+    pub fn exit_stats(&self) -> Vec<ExitStats> {
+        self.exit_stats
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// The exit table of every vCPU and of all of them together.
+    pub fn format_exit_stats(&self) -> String {
+        let per_vcpu = self.exit_stats();
+        let mut all = ExitStats::default();
+        let mut out = String::new();
+        for (id, s) in per_vcpu.iter().enumerate() {
+            all.merge(s);
+            if per_vcpu.len() > 1 {
+                out.push_str(&exits::format_table(
+                    &format!("vcpu{id}"),
+                    s,
+                    &self.pio,
+                    &self.mmio,
+                ));
+            }
+        }
+        out.push_str(&exits::format_table(
+            "all vcpus",
+            &all,
+            &self.pio,
+            &self.mmio,
+        ));
+        out
+    }
+
     /// Runs the vCPUs until the VM stops, then kicks and joins every vCPU thread. `signals`,
     /// when given, stops the VM on SIGINT/SIGTERM; with `forward_stdin`, terminal input goes to
     /// the serial port.
@@ -275,7 +312,8 @@ impl Vmm {
         };
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
-            match vcpu::spawn(fd, id as u8, ctx.clone()) {
+            let stats = self.exit_stats[id].clone();
+            match vcpu::spawn(fd, id as u8, ctx.clone(), stats) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     self.control

@@ -32,7 +32,10 @@ fn stock_vmlinux_prints_banner_and_command_line() {
     let mut child = common::trapvisor()
         .args(["run", "--memory", "512M", "--kernel"])
         .arg(&vmlinux)
-        .args(["--cmdline", &format!("earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}")])
+        .args([
+            "--cmdline",
+            &format!("earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}"),
+        ])
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
@@ -64,7 +67,9 @@ fn stock_vmlinux_prints_banner_and_command_line() {
         out.dump()
     );
     assert!(
-        out.stdout.contains(&format!("Command line: earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}")),
+        out.stdout.contains(&format!(
+            "Command line: earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}"
+        )),
         "{}",
         out.dump()
     );

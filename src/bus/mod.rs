@@ -79,6 +79,8 @@ pub enum BusError {
 /// One registered range.
 #[derive(Clone)]
 struct Entry {
+    /// Stable id of the registration (an index into `Bus::names`), for statistics.
+    id: u32,
     len: u64,
     name: String,
     region: String,
@@ -94,10 +96,21 @@ pub struct MapEntry {
     pub region: String,
 }
 
+/// Who handled an access: the registration's id (see `Bus::device_name`) and the register or
+/// region the device names for the offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hit {
+    pub id: u32,
+    pub region: &'static str,
+}
+
 /// An address space.
 pub struct Bus {
     kind: BusKind,
     ranges: RwLock<BTreeMap<u64, Entry>>,
+    /// Device name per registration id; ids are never reused, so statistics keyed by id stay
+    /// meaningful after a range moves or goes away.
+    names: RwLock<Vec<String>>,
     unowned: Mutex<HashMap<u64, u64>>,
 }
 
@@ -106,6 +119,7 @@ impl Bus {
         Bus {
             kind,
             ranges: RwLock::new(BTreeMap::new()),
+            names: RwLock::new(Vec::new()),
             unowned: Mutex::new(HashMap::new()),
         }
     }
@@ -148,9 +162,15 @@ impl Bus {
                 });
             }
         }
+        let id = {
+            let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+            names.push(name.to_string());
+            (names.len() - 1) as u32
+        };
         ranges.insert(
             base,
             Entry {
+                id,
                 len,
                 name: name.to_string(),
                 region: region.to_string(),
@@ -172,40 +192,59 @@ impl Bus {
             })
     }
 
-    /// Dispatches a read. Returns whether a device owned the address.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    /// Dispatches a read. Returns who handled it, or `None` for an unowned address (which
+    /// reads as all-ones).
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> Option<Hit> {
         match self.lookup(addr, data.len()) {
-            Some((offset, device)) => {
-                lock(&device).read(offset, data);
-                true
+            Some((id, offset, device)) => {
+                let mut d = lock(&device);
+                d.read(offset, data);
+                Some(Hit {
+                    id,
+                    region: d.region_name(offset),
+                })
             }
             None => {
                 data.fill(0xff);
                 self.count_unowned(addr, false, data.len());
-                false
+                None
             }
         }
     }
 
     /// Dispatches a write. Unowned writes are dropped and yield `DeviceEvent::None`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> (bool, DeviceEvent) {
+    pub fn write(&self, addr: u64, data: &[u8]) -> (Option<Hit>, DeviceEvent) {
         match self.lookup(addr, data.len()) {
-            Some((offset, device)) => (true, lock(&device).write(offset, data)),
+            Some((id, offset, device)) => {
+                let mut d = lock(&device);
+                let event = d.write(offset, data);
+                let hit = Hit {
+                    id,
+                    region: d.region_name(offset),
+                };
+                (Some(hit), event)
+            }
             None => {
                 self.count_unowned(addr, true, data.len());
-                (false, DeviceEvent::None)
+                (None, DeviceEvent::None)
             }
         }
     }
 
+    /// The device name a registration id stands for.
+    pub fn device_name(&self, id: u32) -> String {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        names.get(id as usize).cloned().unwrap_or_default()
+    }
+
     /// Finds the device owning `addr` for an access of `len` bytes. An access that straddles
     /// the end of a range is not owned.
-    fn lookup(&self, addr: u64, len: usize) -> Option<(u64, SharedDevice)> {
+    fn lookup(&self, addr: u64, len: usize) -> Option<(u32, u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
         let last = offset.checked_add((len as u64).max(1) - 1)?;
-        (last < entry.len).then(|| (offset, entry.device.clone()))
+        (last < entry.len).then(|| (entry.id, offset, entry.device.clone()))
     }
 
     fn count_unowned(&self, addr: u64, write: bool, len: usize) {

@@ -70,7 +70,7 @@ fn empty_and_wrapping_ranges_are_refused() {
     // The very last byte of the address space is a valid range.
     bus.insert(u64::MAX, 1, "last", "", d).unwrap();
     let mut b = [0u8; 1];
-    assert!(bus.read(u64::MAX, &mut b));
+    assert!(bus.read(u64::MAX, &mut b).is_some());
 }
 
 #[test]
@@ -79,10 +79,12 @@ fn dispatch_passes_offset_and_width() {
     let (r, d) = recorder();
     bus.insert(0xd000_0000, 0x1000, "dev", "regs", d).unwrap();
     let mut data = [0u8; 4];
-    assert!(bus.read(0xd000_0010, &mut data));
+    let hit = Some(Hit { id: 0, region: "" });
+    assert_eq!(bus.read(0xd000_0010, &mut data), hit);
     assert_eq!(data, [0x10, 0x11, 0x12, 0x13]);
-    assert_eq!(bus.write(0xd000_0ffe, &[1, 2]), (true, DeviceEvent::None));
-    assert_eq!(bus.write(0xd000_0001, &[0xfe]), (true, DeviceEvent::Reset));
+    assert_eq!(bus.write(0xd000_0ffe, &[1, 2]), (hit, DeviceEvent::None));
+    assert_eq!(bus.write(0xd000_0001, &[0xfe]), (hit, DeviceEvent::Reset));
+    assert_eq!(bus.device_name(0), "dev");
     let r = r.lock().unwrap();
     assert_eq!(r.reads, vec![(0x10, 4)]);
     assert_eq!(r.writes, vec![(0xffe, vec![1, 2]), (1, vec![0xfe])]);
@@ -94,12 +96,12 @@ fn unowned_access_reads_all_ones_and_is_counted() {
     let (r, d) = recorder();
     bus.insert(0x60, 1, "i8042", "data", d).unwrap();
     let mut data = [0u8; 2];
-    assert!(!bus.read(0x80, &mut data));
+    assert_eq!(bus.read(0x80, &mut data), None);
     assert_eq!(data, [0xff, 0xff]);
-    assert_eq!(bus.write(0x80, &[1]), (false, DeviceEvent::None));
-    assert_eq!(bus.write(0x81, &[1]), (false, DeviceEvent::None));
+    assert_eq!(bus.write(0x80, &[1]), (None, DeviceEvent::None));
+    assert_eq!(bus.write(0x81, &[1]), (None, DeviceEvent::None));
     // A 2-byte access that starts inside a 1-byte range straddles its end: not owned.
-    assert!(!bus.read(0x60, &mut data));
+    assert_eq!(bus.read(0x60, &mut data), None);
     assert_eq!(bus.unowned_counts(), vec![(0x60, 1), (0x80, 2), (0x81, 1)]);
     assert!(r.lock().unwrap().reads.is_empty());
 }
@@ -118,8 +120,13 @@ fn remove_frees_the_range() {
     );
     bus.remove(0x1000).unwrap();
     let mut b = [0u8; 1];
-    assert!(!bus.read(0x1000, &mut b));
-    bus.insert(0x1080, 0x100, "bar0", "", d).unwrap();
+    assert_eq!(bus.read(0x1000, &mut b), None);
+    // A new registration gets a new id; the old id still names its device.
+    bus.insert(0x1080, 0x100, "bar0-moved", "", d).unwrap();
+    assert_eq!(bus.read(0x1080, &mut b).map(|h| h.id), Some(1));
+    assert_eq!(bus.device_name(0), "bar0");
+    assert_eq!(bus.device_name(1), "bar0-moved");
+    assert_eq!(bus.device_name(7), "");
 }
 
 #[test]

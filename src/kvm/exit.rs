@@ -5,7 +5,7 @@
 //! events and fatal exits into an [`ExitAction`], and never panics on guest input.
 use std::fmt;
 
-use crate::bus::{Bus, DeviceEvent};
+use crate::bus::{Bus, BusKind, DeviceEvent, Hit};
 
 /// A decoded vCPU exit. Access data borrows the vCPU's `kvm_run` page (or a test buffer).
 #[derive(Debug)]
@@ -103,6 +103,89 @@ pub enum ExitAction {
     Stop(StopReason),
 }
 
+/// The kind of an exit, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitKind {
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Hlt,
+    Shutdown,
+    SystemEvent,
+    FailEntry,
+    InternalError,
+    Interrupted,
+    Other,
+}
+
+impl ExitKind {
+    pub const ALL: [ExitKind; 11] = [
+        ExitKind::IoIn,
+        ExitKind::IoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Hlt,
+        ExitKind::Shutdown,
+        ExitKind::SystemEvent,
+        ExitKind::FailEntry,
+        ExitKind::InternalError,
+        ExitKind::Interrupted,
+        ExitKind::Other,
+    ];
+
+    /// The KVM name of the exit.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io-in",
+            ExitKind::IoOut => "io-out",
+            ExitKind::MmioRead => "mmio-read",
+            ExitKind::MmioWrite => "mmio-write",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::SystemEvent => "system-event",
+            ExitKind::FailEntry => "fail-entry",
+            ExitKind::InternalError => "internal-error",
+            ExitKind::Interrupted => "intr",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+impl Exit<'_> {
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            Exit::IoIn { .. } => ExitKind::IoIn,
+            Exit::IoOut { .. } => ExitKind::IoOut,
+            Exit::MmioRead { .. } => ExitKind::MmioRead,
+            Exit::MmioWrite { .. } => ExitKind::MmioWrite,
+            Exit::Hlt => ExitKind::Hlt,
+            Exit::Shutdown => ExitKind::Shutdown,
+            Exit::SystemEvent { .. } => ExitKind::SystemEvent,
+            Exit::FailEntry { .. } => ExitKind::FailEntry,
+            Exit::InternalError { .. } => ExitKind::InternalError,
+            Exit::Interrupted => ExitKind::Interrupted,
+            Exit::Other(_) => ExitKind::Other,
+        }
+    }
+}
+
+/// Where a port or MMIO exit went: the address space, and the device and region that handled
+/// it (`None`: nobody owns the address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub bus: BusKind,
+    pub hit: Option<Hit>,
+}
+
+/// The outcome of one exit: what to do next, and what it was for the statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub action: ExitAction,
+    pub kind: ExitKind,
+    pub target: Option<Target>,
+}
+
 /// The two address spaces an exit can reach.
 pub struct Buses<'a> {
     pub pio: &'a Bus,
@@ -129,33 +212,60 @@ fn elements(len: usize, size: usize) -> usize {
 }
 
 /// Handles one decoded exit.
-pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> ExitAction {
-    match exit {
+pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> Handled {
+    let kind = exit.kind();
+    let io = |hit| {
+        Some(Target {
+            bus: BusKind::Pio,
+            hit,
+        })
+    };
+    let mmio = |hit| {
+        Some(Target {
+            bus: BusKind::Mmio,
+            hit,
+        })
+    };
+    let (action, target) = match exit {
         Exit::IoIn { port, size, data } => {
-            let n = elements(data.len(), size);
-            let step = data.len() / n;
+            let step = data.len() / elements(data.len(), size);
+            let mut hit = None;
             for chunk in data.chunks_mut(step.max(1)) {
-                buses.pio.read(u64::from(port), chunk);
+                hit = buses.pio.read(u64::from(port), chunk);
             }
-            ExitAction::Continue
+            (ExitAction::Continue, io(hit))
         }
         Exit::IoOut { port, size, data } => {
-            let n = elements(data.len(), size);
-            let step = data.len() / n;
+            let step = data.len() / elements(data.len(), size);
+            let mut hit = None;
+            let mut action = ExitAction::Continue;
             for chunk in data.chunks(step.max(1)) {
-                let (_, event) = buses.pio.write(u64::from(port), chunk);
-                let action = event_action(event);
+                let (h, event) = buses.pio.write(u64::from(port), chunk);
+                hit = h;
+                action = event_action(event);
                 if action != ExitAction::Continue {
-                    return action;
+                    break;
                 }
             }
-            ExitAction::Continue
+            (action, io(hit))
         }
-        Exit::MmioRead { addr, data } => {
-            buses.mmio.read(addr, data);
-            ExitAction::Continue
+        Exit::MmioRead { addr, data } => (ExitAction::Continue, mmio(buses.mmio.read(addr, data))),
+        Exit::MmioWrite { addr, data } => {
+            let (hit, event) = buses.mmio.write(addr, data);
+            (event_action(event), mmio(hit))
         }
-        Exit::MmioWrite { addr, data } => event_action(buses.mmio.write(addr, data).1),
+        other => (handle_other(other), None),
+    };
+    Handled {
+        action,
+        kind,
+        target,
+    }
+}
+
+/// Everything that is not a port or MMIO access.
+fn handle_other(exit: Exit<'_>) -> ExitAction {
+    match exit {
         // With the in-kernel irqchip KVM handles HLT itself; a HLT exit means the guest stopped
         // for good (interrupts off), which is how a bare guest ends.
         Exit::Hlt => ExitAction::Stop(StopReason::Fatal(
@@ -177,6 +287,10 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> ExitAction {
         ))),
         Exit::Interrupted => ExitAction::Continue,
         Exit::Other(name) => ExitAction::Stop(StopReason::Fatal(format!("unhandled exit {name}"))),
+        // Port and MMIO accesses are handled by `handle_exit`.
+        Exit::IoIn { .. } | Exit::IoOut { .. } | Exit::MmioRead { .. } | Exit::MmioWrite { .. } => {
+            ExitAction::Continue
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -15,9 +16,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::exit::{handle_exit, Buses, Exit, ExitAction, StopReason};
+use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
 use super::report::format_report;
 use crate::bus::Bus;
+use crate::trace::exits::ExitStats;
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -152,8 +154,13 @@ impl Drop for VcpuHandle {
     }
 }
 
-/// Starts vCPU `id` on its own thread.
-pub fn spawn(mut fd: VcpuFd, id: u8, ctx: VcpuContext) -> io::Result<VcpuHandle> {
+/// Starts vCPU `id` on its own thread; it records every exit into `stats`.
+pub fn spawn(
+    mut fd: VcpuFd,
+    id: u8,
+    ctx: VcpuContext,
+    stats: Arc<Mutex<ExitStats>>,
+) -> io::Result<VcpuHandle> {
     let run: *mut kvm_run = fd.get_kvm_run();
     let run_addr = run as usize;
     let thread = std::thread::Builder::new()
@@ -162,7 +169,7 @@ pub fn spawn(mut fd: VcpuFd, id: u8, ctx: VcpuContext) -> io::Result<VcpuHandle>
             let run = run_addr as *mut kvm_run;
             // A panic must not unwind past here: that would unmap kvm_run under the kicker.
             let loop_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_loop(&mut fd, id, run, &ctx)
+                run_loop(&mut fd, id, run, &ctx, &stats)
             }));
             if loop_result.is_err() {
                 ctx.control
@@ -214,7 +221,13 @@ fn decode<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> Exit<'a> {
     }
 }
 
-fn run_loop(fd: &mut VcpuFd, id: u8, run: *mut kvm_run, ctx: &VcpuContext) {
+fn run_loop(
+    fd: &mut VcpuFd,
+    id: u8,
+    run: *mut kvm_run,
+    ctx: &VcpuContext,
+    stats: &Mutex<ExitStats>,
+) {
     let buses = Buses {
         pio: &ctx.pio,
         mmio: &ctx.mmio,
@@ -223,12 +236,27 @@ fn run_loop(fd: &mut VcpuFd, id: u8, run: *mut kvm_run, ctx: &VcpuContext) {
         if ctx.control.is_stopping() {
             return;
         }
-        let action = match fd.run() {
+        let result = fd.run();
+        let exited = Instant::now();
+        let handled = match result {
             Ok(exit) => handle_exit(decode(exit, run), &buses),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
-            Err(e) => ExitAction::Stop(StopReason::Fatal(format!("KVM_RUN failed: {e}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Handled {
+                action: ExitAction::Continue,
+                kind: ExitKind::Interrupted,
+                target: None,
+            },
+            Err(e) => Handled {
+                action: ExitAction::Stop(StopReason::Fatal(format!("KVM_RUN failed: {e}"))),
+                kind: ExitKind::Other,
+                target: None,
+            },
         };
-        match action {
+        let ns = exited.elapsed().as_nanos() as u64;
+        stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(handled.kind, handled.target, ns);
+        match handled.action {
             ExitAction::Continue => {
                 // A kick that did not stop the VM must not keep the vCPU out of the guest.
                 if !ctx.control.is_stopping() {

@@ -39,6 +39,9 @@ impl Fixture {
         Fixture { pio, mmio, log }
     }
     fn run(&self, exit: Exit<'_>) -> ExitAction {
+        self.handle(exit).action
+    }
+    fn handle(&self, exit: Exit<'_>) -> Handled {
         handle_exit(
             exit,
             &Buses {
@@ -246,4 +249,45 @@ fn odd_sizes_never_panic() {
         data: &[1, 2, 3, 4, 5, 6, 7, 8],
     });
     assert_eq!(f.log()[0], (0, vec![1, 2, 3]));
+}
+
+#[test]
+fn exits_are_attributed_to_bus_device_and_region() {
+    let f = Fixture::new();
+    let h = f.handle(Exit::IoOut {
+        port: 0xf4,
+        size: 1,
+        data: &[0],
+    });
+    assert_eq!(h.kind, ExitKind::IoOut);
+    let t = h.target.unwrap();
+    assert_eq!(t.bus, BusKind::Pio);
+    let hit = t.hit.unwrap();
+    assert_eq!(f.pio.device_name(hit.id), "debug-exit");
+    assert_eq!(hit.region, "exit");
+
+    let mut d = [0u8; 4];
+    let h = f.handle(Exit::MmioRead {
+        addr: 0xf000_0004,
+        data: &mut d,
+    });
+    assert_eq!(h.kind, ExitKind::MmioRead);
+    let t = h.target.unwrap();
+    assert_eq!(t.bus, BusKind::Mmio);
+    assert_eq!(f.mmio.device_name(t.hit.unwrap().id), "testdev");
+
+    // Unowned: the address space is known, the device is not.
+    let h = f.handle(Exit::MmioWrite {
+        addr: 0x10,
+        data: &[1],
+    });
+    assert_eq!(
+        h.target,
+        Some(Target {
+            bus: BusKind::Mmio,
+            hit: None
+        })
+    );
+    let h = f.handle(Exit::Interrupted);
+    assert_eq!((h.kind, h.target), (ExitKind::Interrupted, None));
 }

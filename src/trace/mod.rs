@@ -1,0 +1,2 @@
+//! Seeing the trap path: statistics kept by the code that does the work.
+pub mod exits;
