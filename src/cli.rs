@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Boot a VM: the built-in guest unless --kernel is given.
     Run(RunArgs),
+    /// Talk to a running VM through its API socket.
+    Ctl(CtlArgs),
     /// Write the built-in guest (a PVH ELF that QEMU, Firecracker and Cloud Hypervisor can boot)
     /// to PATH.
     GuestImage {
@@ -46,10 +48,49 @@ pub struct RunArgs {
     /// Print both address spaces (range, size, device, region) before starting.
     #[arg(long)]
     pub print_map: bool,
+    /// Serve the control API (HTTP/1.1 + JSON) on this unix socket.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
     /// Print the exit statistics (counts and handling latency by reason, device and region)
     /// on stderr when the VM stops.
     #[arg(long)]
     pub stats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The VM's API socket (`trapvisor run --api-socket PATH`).
+    #[arg(long)]
+    pub api_socket: PathBuf,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// State and configuration.
+    Vm,
+    /// The exit table: counts and handling latency by reason, device and region.
+    Stats,
+    /// Both address spaces.
+    Map,
+    /// Stop the vCPUs (no exits while paused).
+    Pause,
+    /// Let the vCPUs run again.
+    Resume,
+    /// Stop the VM.
+    Shutdown,
+    /// Refresh the exit table every second with rates, until interrupted or the VM is gone.
+    Top {
+        /// Stop after this many refreshes (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+    },
+    /// Draw the exit-latency distribution per reason as an SVG picture.
+    Histogram {
+        #[arg(long)]
+        svg: PathBuf,
+    },
 }
 
 /// Parses `256M`, `1G`, `4096`, `2GiB`; rejects 0 and overflow.
@@ -148,6 +189,31 @@ mod tests {
         assert_eq!(a.initrd, Some(PathBuf::from("/i")));
         assert_eq!(a.cmdline, "console=ttyS0");
         assert_eq!((a.memory, a.cpus, a.print_map), (1 << 30, 4, true));
+    }
+
+    #[test]
+    fn ctl_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "trapvisor",
+            "ctl",
+            "--api-socket",
+            "/s",
+            "histogram",
+            "--svg",
+            "/o.svg",
+        ])
+        .unwrap();
+        let Command::Ctl(c) = cli.command else {
+            panic!("not ctl")
+        };
+        assert_eq!(c.api_socket, PathBuf::from("/s"));
+        assert!(
+            matches!(c.action, CtlAction::Histogram { ref svg } if svg == &PathBuf::from("/o.svg"))
+        );
+        assert!(Cli::try_parse_from(["trapvisor", "ctl", "stats"]).is_err());
+        assert!(
+            Cli::try_parse_from(["trapvisor", "ctl", "--api-socket", "/s", "explode"]).is_err()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use trapvisor::cli::{Cli, Command, RunArgs};
+use trapvisor::api::{client, ApiServer};
+use trapvisor::cli::{Cli, Command, CtlAction, CtlArgs, RunArgs};
 use trapvisor::kvm::exit::StopReason;
 use trapvisor::vmm::{Kernel, StopSignals, VmConfig, Vmm};
 
@@ -39,6 +40,10 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_USAGE, &e),
         },
         Command::Run(args) => run(args),
+        Command::Ctl(args) => match ctl(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_GUEST_FAILED, &e),
+        },
     }
 }
 
@@ -53,6 +58,13 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
+    let config_json = serde_json::json!({
+        "memory": args.memory,
+        "cpus": args.cpus,
+        "kernel": args.kernel.as_ref().map_or("built-in".to_string(), |k| k.display().to_string()),
+        "initrd": args.initrd.as_ref().map(|p| p.display().to_string()),
+        "cmdline": args.cmdline,
+    });
     let cfg = VmConfig {
         kernel: args.kernel.map_or(Kernel::Builtin, Kernel::File),
         initrd: args.initrd,
@@ -64,6 +76,15 @@ fn run(args: RunArgs) -> ExitCode {
     let mut vmm = match Vmm::new(cfg) {
         Ok(v) => v,
         Err(e) => return fail(EXIT_USAGE, &e.into()),
+    };
+    let _api = match &args.api_socket {
+        Some(path) => {
+            match ApiServer::start(path, std::sync::Arc::new(vmm.api_view(config_json))) {
+                Ok(server) => Some(server),
+                Err(e) => return fail(EXIT_USAGE, &e.into()),
+            }
+        }
+        None => None,
     };
     if args.print_map {
         print!("{}", vmm.format_map());
@@ -93,4 +114,54 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("trapvisor: {}", result.reason);
         ExitCode::SUCCESS
     }
+}
+
+fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let socket = &args.api_socket;
+    match args.action {
+        CtlAction::Vm => println!(
+            "{}",
+            serde_json::to_string_pretty(&client::request(socket, "GET", "/vm")?)?
+        ),
+        CtlAction::Stats => print!(
+            "{}",
+            client::format_stats(&client::request(socket, "GET", "/stats")?)
+        ),
+        CtlAction::Map => print!(
+            "{}",
+            client::format_map(&client::request(socket, "GET", "/map")?)
+        ),
+        CtlAction::Pause => {
+            client::request(socket, "PUT", "/vm/pause")?;
+            println!("paused");
+        }
+        CtlAction::Resume => {
+            client::request(socket, "PUT", "/vm/resume")?;
+            println!("resumed");
+        }
+        CtlAction::Shutdown => {
+            client::request(socket, "PUT", "/vm/shutdown")?;
+            println!("shutting down");
+        }
+        CtlAction::Top { count } => {
+            let mut n = 0;
+            loop {
+                let stats = client::request(socket, "GET", "/stats")?;
+                // Clear the screen and go home, then draw the table.
+                print!("\x1b[2J\x1b[H{}", client::format_stats(&stats));
+                n += 1;
+                if count != 0 && n >= count {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        CtlAction::Histogram { svg } => {
+            let stats = client::request(socket, "GET", "/stats")?;
+            std::fs::write(&svg, client::histogram_svg(&stats))
+                .with_context(|| format!("cannot write {}", svg.display()))?;
+            println!("wrote {}", svg.display());
+        }
+    }
+    Ok(())
 }

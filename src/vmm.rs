@@ -262,6 +262,17 @@ impl Vmm {
             .sink_window()
     }
 
+    /// What the control API sees of this VM.
+    pub fn api_view(&self, config: serde_json::Value) -> crate::api::view::VmView {
+        crate::api::view::VmView {
+            control: self.control.clone(),
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            exit_stats: self.exit_stats.clone(),
+            config,
+        }
+    }
+
     /// A snapshot of each vCPU's exit statistics.
     pub fn exit_stats(&self) -> Vec<ExitStats> {
         self.exit_stats
@@ -327,7 +338,7 @@ impl Vmm {
         } else {
             None
         };
-        self.wait(signals);
+        self.wait(signals, &handles);
         for h in &handles {
             h.kick();
         }
@@ -341,19 +352,20 @@ impl Vmm {
         })
     }
 
-    /// Blocks until a stop is requested (by a vCPU, or by a signal).
-    fn wait(&self, signals: Option<&StopSignals>) {
-        let mut fds = vec![libc::pollfd {
-            fd: self.control.stop_evt().as_raw_fd(),
+    /// Blocks until a stop is requested (by a vCPU, the API or a signal); kicks the vCPUs when
+    /// a pause asks for it.
+    fn wait(&self, signals: Option<&StopSignals>, vcpus: &[VcpuHandle]) {
+        let pollin = |fd: i32| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        }];
+        };
+        let mut fds = vec![
+            pollin(self.control.stop_evt().as_raw_fd()),
+            pollin(self.control.kick_evt().as_raw_fd()),
+        ];
         if let Some(s) = signals {
-            fds.push(libc::pollfd {
-                fd: s.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(pollin(s.fd.as_raw_fd()));
         }
         while !self.control.is_stopping() {
             // SAFETY: `fds` is a valid array of initialized pollfd of the given length.
@@ -367,8 +379,15 @@ impl Vmm {
                     io::Error::last_os_error()
                 )));
             }
+            if fds[1].revents & libc::POLLIN != 0 {
+                // Clear the request, then kick: every vCPU leaves KVM_RUN and parks.
+                let _ = self.control.kick_evt().read();
+                for h in vcpus {
+                    h.kick();
+                }
+            }
             if let Some(s) = signals {
-                if fds[1].revents & libc::POLLIN != 0 {
+                if fds[2].revents & libc::POLLIN != 0 {
                     let signo = s.read();
                     log::info!("signal {signo}: stopping the VM");
                     self.control.request_stop(StopReason::Requested);

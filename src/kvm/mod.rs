@@ -1,5 +1,8 @@
 //! The KVM side of the trap path: the VM, its vCPU threads and the exit dispatch.
+pub mod control;
 pub mod exit;
+pub mod ioevent;
+pub mod irq;
 pub mod report;
 pub mod vcpu;
 pub mod vm;

@@ -5,7 +5,6 @@
 //! because of `immediate_exit`. Either way the loop sees the stop and the thread ends.
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -13,7 +12,6 @@ use std::time::Instant;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
@@ -34,66 +32,7 @@ pub fn install_kick_handler() -> io::Result<()> {
         .map_err(|e| io::Error::from_raw_os_error(e.errno()))
 }
 
-/// State shared by the vCPUs and the thread that runs the VM.
-pub struct VmControl {
-    stopping: AtomicBool,
-    reason: Mutex<Option<StopReason>>,
-    report: Mutex<Option<String>>,
-    stop_evt: EventFd,
-}
-
-impl VmControl {
-    pub fn new() -> io::Result<Self> {
-        Ok(VmControl {
-            stopping: AtomicBool::new(false),
-            reason: Mutex::new(None),
-            report: Mutex::new(None),
-            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
-    }
-
-    /// Asks the VM to stop; the first reason given is the one reported.
-    pub fn request_stop(&self, reason: StopReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
-            *r = Some(reason);
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        // The eventfd counter cannot overflow with one write per stop request.
-        let _ = self.stop_evt.write(1);
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    pub fn reason(&self) -> Option<StopReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Keeps the first vCPU report (registers and code at RIP) of a failed guest.
-    pub fn set_report(&self, report: String) {
-        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
-            *r = Some(report);
-        }
-    }
-
-    pub fn report(&self) -> Option<String> {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Readable once a stop was requested.
-    pub fn stop_evt(&self) -> &EventFd {
-        &self.stop_evt
-    }
-}
+pub use super::control::VmControl;
 
 /// What a vCPU thread needs besides its fd.
 #[derive(Clone)]
@@ -163,7 +102,9 @@ pub fn spawn(
 ) -> io::Result<VcpuHandle> {
     let run: *mut kvm_run = fd.get_kvm_run();
     let run_addr = run as usize;
-    let thread = std::thread::Builder::new()
+    let control = ctx.control.clone();
+    control.vcpu_running(true);
+    let spawned = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
             let run = run_addr as *mut kvm_run;
@@ -175,9 +116,17 @@ pub fn spawn(
                 ctx.control
                     .request_stop(StopReason::Fatal(format!("vcpu{id} thread panicked")));
             }
+            ctx.control.vcpu_running(false);
             // Returned, not dropped: the kicker may still write into its kvm_run page.
             fd
-        })?;
+        });
+    let thread = match spawned {
+        Ok(t) => t,
+        Err(e) => {
+            control.vcpu_running(false);
+            return Err(e);
+        }
+    };
     let pthread = thread.as_pthread_t();
     Ok(VcpuHandle {
         id,
@@ -258,6 +207,8 @@ fn run_loop(
             .record(handled.kind, handled.target, ns);
         match handled.action {
             ExitAction::Continue => {
+                // A pause (API) parks the vCPU here, outside KVM_RUN, until resumed or stopped.
+                ctx.control.park_if_paused();
                 // A kick that did not stop the VM must not keep the vCPU out of the guest.
                 if !ctx.control.is_stopping() {
                     fd.set_kvm_immediate_exit(0);

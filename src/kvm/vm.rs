@@ -1,5 +1,6 @@
 //! The VM: /dev/kvm, guest RAM, the in-kernel irqchip and PIT, and interrupt lines.
 use std::io;
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -78,7 +79,8 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 /// A KVM VM with its RAM.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Shared with the devices that program KVM (GSI routes, irqfds, ioeventfds).
+    fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
     mem_size: u64,
 }
@@ -115,14 +117,15 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the mapping behind `host` belongs to `memory`, which this VM owns and
-            // keeps alive for as long as the VM fd (both are dropped together).
+            // SAFETY: the mapping behind `host` belongs to `memory`, which this VM owns. Other
+            // holders of the shared VM fd only program interrupts and ioeventfds; the guest can
+            // touch RAM only from a vCPU, and every vCPU is joined before the Vm is dropped.
             unsafe { fd.set_user_memory_region(mr) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(Vm {
             kvm,
-            fd,
+            fd: Arc::new(fd),
             memory,
             mem_size,
         })
@@ -134,6 +137,11 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM fd for devices that program KVM from their own threads.
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {

@@ -106,7 +106,12 @@ pub struct Row {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// (quantile, µs) points of the latency distribution, for plots.
+    pub percentiles: Vec<(f64, f64)>,
 }
+
+/// The quantiles a row's distribution is sampled at.
+pub const QUANTILES: [f64; 9] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 0.9999, 1.0];
 
 fn row(reason: &'static str, place: String, s: &Series) -> Row {
     let us = |v: u64| v as f64 / 1000.0;
@@ -117,6 +122,10 @@ fn row(reason: &'static str, place: String, s: &Series) -> Row {
         p50_us: us(s.latency_ns.value_at_quantile(0.5)),
         p99_us: us(s.latency_ns.value_at_quantile(0.99)),
         max_us: us(s.latency_ns.max()),
+        percentiles: QUANTILES
+            .iter()
+            .map(|&q| (q, us(s.latency_ns.value_at_quantile(q))))
+            .collect(),
     }
 }
 

@@ -1,0 +1,232 @@
+//! `trapvisor ctl`: talks to a running VM's API socket and prints tables.
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {err}")]
+    Connect { path: String, err: std::io::Error },
+    #[error("API request failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed HTTP answer: {0}")]
+    Http(String),
+    #[error("the VM answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+/// Sends one request and returns the JSON body (`Null` when empty).
+pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|err| ClientError::Connect {
+        path: socket.display().to_string(),
+        err,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Parses an HTTP/1.1 response with httparse; errors for non-2xx statuses.
+pub fn parse_response(raw: &[u8]) -> Result<Value, ClientError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let start = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(ClientError::Http("truncated".into())),
+        Err(e) => return Err(ClientError::Http(e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    let body = &raw[start..];
+    let value: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).map_err(|e| ClientError::Http(e.to_string()))?
+    };
+    if !(200..300).contains(&status) {
+        let message = value["error"].as_str().unwrap_or("").to_string();
+        return Err(ClientError::Status { status, message });
+    }
+    Ok(value)
+}
+
+/// The exit table from a `/stats` answer, for all vCPUs together.
+pub fn format_stats(stats: &Value) -> String {
+    let mut out = String::new();
+    let total: u64 = stats["all"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["where"].as_str() == Some(""))
+                .filter_map(|r| r["count"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "exits: {total} in all, {} vCPU(s)\n",
+        stats["vcpus"].as_array().map_or(0, |v| v.len())
+    ));
+    out.push_str(&format!(
+        "{:<14} {:<34} {:>10} {:>9} {:>9} {:>9}\n",
+        "REASON", "WHERE", "COUNT", "P50 us", "P99 us", "MAX us"
+    ));
+    for r in stats["all"].as_array().into_iter().flatten() {
+        let place = r["where"].as_str().unwrap_or("");
+        let place = if place.is_empty() {
+            "(all)".to_string()
+        } else {
+            format!("  {place}")
+        };
+        out.push_str(&format!(
+            "{:<14} {:<34} {:>10} {:>9.2} {:>9.2} {:>9.2}\n",
+            r["reason"].as_str().unwrap_or(""),
+            place,
+            r["count"].as_u64().unwrap_or(0),
+            r["p50_us"].as_f64().unwrap_or(0.0),
+            r["p99_us"].as_f64().unwrap_or(0.0),
+            r["max_us"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let unowned: Vec<String> = ["pio", "mmio"]
+        .iter()
+        .flat_map(|bus| {
+            stats["unowned"][bus]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |e| {
+                    format!(
+                        "{bus} {:#x} x{}",
+                        e["addr"].as_u64().unwrap_or(0),
+                        e["count"].as_u64().unwrap_or(0)
+                    )
+                })
+        })
+        .collect();
+    if !unowned.is_empty() {
+        out.push_str(&format!("unowned accesses: {}\n", unowned.join(", ")));
+    }
+    out
+}
+
+/// Both address spaces from a `/map` answer.
+pub fn format_map(map: &Value) -> String {
+    let mut out = String::new();
+    for bus in ["pio", "mmio"] {
+        out.push_str(&format!("{bus}:\n"));
+        out.push_str(&format!(
+            "  {:<35} {:>12}  {:<16} {}\n",
+            "RANGE", "SIZE", "DEVICE", "REGION"
+        ));
+        for e in map[bus].as_array().into_iter().flatten() {
+            let base = e["base"].as_u64().unwrap_or(0);
+            let size = e["size"].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "  {:<35} {:>12}  {:<16} {}\n",
+                format!("{:#x}-{:#x}", base, base + size.saturating_sub(1)),
+                format!("{size:#x}"),
+                e["device"].as_str().unwrap_or(""),
+                e["region"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
+}
+
+/// Draws the exit-latency distribution per reason as an SVG: one percentile curve per reason
+/// (x: percentile on a log scale of 1/(1-q), y: handling latency in µs, log scale).
+pub fn histogram_svg(stats: &Value) -> String {
+    const W: f64 = 800.0;
+    const H: f64 = 480.0;
+    const M: f64 = 60.0;
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    let rows: Vec<&Value> = stats["all"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["where"].as_str() == Some(""))
+        .collect();
+    let max_us = rows
+        .iter()
+        .flat_map(|r| r["percentiles"].as_array().into_iter().flatten())
+        .filter_map(|p| p[1].as_f64())
+        .fold(1.0f64, f64::max);
+    let (ymin, ymax) = (0.1f64.log10(), (max_us * 2.0).log10());
+    let xmax = 5.0; // up to the 99.999th percentile
+    let x = |q: f64| M + (1.0 / (1.0 - q.min(0.99999))).log10() / xmax * (W - 2.0 * M);
+    let y = |us: f64| H - M - (us.max(0.1).log10() - ymin) / (ymax - ymin) * (H - 2.0 * M);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{M}\" y=\"24\" font-size=\"16\">trapvisor exit handling latency by reason</text>\n\
+         <line x1=\"{M}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{M}\" y1=\"{M}\" x2=\"{M}\" y2=\"{}\" stroke=\"black\"/>\n",
+        H - M,
+        W - M,
+        H - M,
+        H - M
+    );
+    for (q, label) in [
+        (0.0, "0%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+    ] {
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            x(q),
+            H - M + 18.0
+        ));
+    }
+    let mut tick = 0.1f64;
+    while tick <= max_us * 2.0 {
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick}</text>\n\
+             <line x1=\"{M}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n",
+            M - 6.0,
+            y(tick) + 4.0,
+            y(tick),
+            W - M,
+            y(tick)
+        ));
+        tick *= 10.0;
+    }
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>\n\
+         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">µs</text>\n",
+        W / 2.0,
+        H - 12.0,
+        H / 2.0,
+        H / 2.0
+    ));
+    for (i, r) in rows.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<String> = r["percentiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some(format!("{:.1},{:.1}", x(p[0].as_f64()?), y(p[1].as_f64()?))))
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{color}\">{} ({} exits)</text>\n",
+            points.join(" "),
+            W - M - 180.0,
+            M + 16.0 * i as f64,
+            r["reason"].as_str().unwrap_or(""),
+            r["count"].as_u64().unwrap_or(0)
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -1,0 +1,153 @@
+//! The control API against a running built-in guest.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use trapvisor::api::client::request;
+
+fn socket(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "trapvisor-apitest-{}-{name}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// Starts trapvisor with the API and waits until the guest printed `ready`.
+fn start(sock: &Path, cmdline: &str, ready: &str) -> Child {
+    let mut child = common::trapvisor()
+        .args(["run", "--api-socket"])
+        .arg(sock)
+        .args(["--cmdline", cmdline])
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && out.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.contains(ready) {
+            break;
+        }
+        line.clear();
+    }
+    assert!(line.contains(ready), "guest never printed {ready}");
+    // Keep draining stdout so the guest never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    child
+}
+
+fn count(stats: &Value, reason: &str, place: &str) -> u64 {
+    stats["all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == reason && r["where"] == place)
+        .and_then(|r| r["count"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn stats_count_exactly_what_the_guest_did_and_map_lists_every_device() {
+    let sock = socket("stats");
+    let child = start(&sock, "pio-loop=123 mmio-loop=45 idle", "idle: halted");
+    let stats = request(&sock, "GET", "/stats").unwrap();
+    assert_eq!(count(&stats, "io-out", "pio testdev sink"), 123, "{stats}");
+    assert_eq!(
+        count(&stats, "mmio-write", "mmio testdev sink"),
+        45,
+        "{stats}"
+    );
+    let map = request(&sock, "GET", "/map").unwrap();
+    let devices: Vec<&str> = ["pio", "mmio"]
+        .iter()
+        .flat_map(|b| map[b].as_array().unwrap().iter())
+        .map(|e| e["device"].as_str().unwrap())
+        .collect();
+    for d in ["serial0", "i8042", "debug-exit", "testdev", "acpi-pm"] {
+        assert!(devices.contains(&d), "{d} missing from {map}");
+    }
+    let vm = request(&sock, "GET", "/vm").unwrap();
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["config"]["cmdline"], "pio-loop=123 mmio-loop=45 idle");
+    request(&sock, "PUT", "/vm/shutdown").unwrap();
+    let out = common::wait(child, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    assert!(!sock.exists());
+}
+
+#[test]
+fn pause_stops_exits_and_resume_continues() {
+    let sock = socket("pause");
+    // A long exit loop: exits keep coming until we stop the VM.
+    let child = start(&sock, "hello pio-loop=100000000", "trapvisor-guest: hello");
+    let sink = |s: &Value| count(s, "io-out", "pio testdev sink");
+    std::thread::sleep(Duration::from_millis(200));
+    request(&sock, "PUT", "/vm/pause").unwrap();
+    assert_eq!(request(&sock, "GET", "/vm").unwrap()["state"], "paused");
+    let a = sink(&request(&sock, "GET", "/stats").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let b = sink(&request(&sock, "GET", "/stats").unwrap());
+    assert!(a > 0, "the loop never ran");
+    assert_eq!(a, b, "exits counted while paused");
+    request(&sock, "PUT", "/vm/resume").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = sink(&request(&sock, "GET", "/stats").unwrap());
+    assert!(c > b, "no exits after resume ({b} -> {c})");
+    request(&sock, "PUT", "/vm/shutdown").unwrap();
+    let out = common::wait(child, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+}
+
+#[test]
+fn existing_socket_path_is_a_one_line_error() {
+    let sock = socket("exists");
+    std::fs::write(&sock, b"").unwrap();
+    let out = common::run(&["run", "--api-socket", sock.to_str().unwrap()]);
+    common::assert_usage_error(&out, "already exists");
+    std::fs::remove_file(&sock).unwrap();
+    let out = common::run(&["run", "--api-socket", "/nonexistent-dir/x.sock"]);
+    common::assert_usage_error(&out, "cannot listen");
+}
+
+#[test]
+fn ctl_prints_tables_and_draws_the_histogram() {
+    let sock = socket("ctl");
+    let child = start(&sock, "pio-loop=10 idle", "idle: halted");
+    let s = sock.to_str().unwrap();
+    let out = common::run(&["ctl", "--api-socket", s, "stats"]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    assert!(out.stdout.contains("pio testdev sink"), "{}", out.dump());
+    let out = common::run(&["ctl", "--api-socket", s, "map"]);
+    assert!(out.stdout.contains("serial0"), "{}", out.dump());
+    let svg = std::env::temp_dir().join(format!("trapvisor-hist-{}.svg", std::process::id()));
+    let out = common::run(&[
+        "ctl",
+        "--api-socket",
+        s,
+        "histogram",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("<polyline") && text.contains("io-out"),
+        "{text}"
+    );
+    std::fs::remove_file(&svg).unwrap();
+    let out = common::run(&["ctl", "--api-socket", s, "top", "--count", "1"]);
+    assert!(out.stdout.contains("REASON"), "{}", out.dump());
+    let out = common::run(&["ctl", "--api-socket", s, "shutdown"]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let done = common::wait(child, Duration::from_secs(20));
+    assert_eq!(done.code, Some(0), "{}", done.dump());
+    // The VM is gone: ctl says so in one line.
+    let out = common::run(&["ctl", "--api-socket", s, "stats"]);
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("cannot connect"), "{}", out.dump());
+}
