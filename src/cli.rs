@@ -18,6 +18,14 @@ pub struct Cli {
 pub enum Command {
     /// Boot a VM: the built-in guest unless --kernel is given.
     Run(RunArgs),
+    /// Describe in words the last packet paths (flows) of a `--trace` file.
+    TraceSummary {
+        /// The trace file.
+        path: PathBuf,
+        /// How many of the last chains to describe.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+    },
     /// Talk to a running VM through its API socket.
     Ctl(CtlArgs),
     /// Write the built-in guest (a PVH ELF that QEMU, Firecracker and Cloud Hypervisor can boot)
@@ -48,6 +56,9 @@ pub struct RunArgs {
     /// Print both address spaces (range, size, device, region) before starting.
     #[arg(long)]
     pub print_map: bool,
+    /// Write a Perfetto / Chrome trace-event timeline (JSON) of the run to this file.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket.
     #[arg(long)]
     pub api_socket: Option<PathBuf>,

@@ -9,6 +9,8 @@ use trapvisor::vmm::{Kernel, StopSignals, VmConfig, Vmm};
 
 /// Bad input or a VMM failure before the guest ran.
 const EXIT_USAGE: u8 = 2;
+/// Events a `--trace` timeline keeps (about 100 bytes each).
+const TRACE_CAPACITY: usize = 1_000_000;
 /// The guest failed (FAIL verdict, triple fault, internal error).
 const EXIT_GUEST_FAILED: u8 = 1;
 
@@ -40,6 +42,17 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_USAGE, &e),
         },
         Command::Run(args) => run(args),
+        Command::TraceSummary { path, last } => {
+            match trapvisor::trace::timeline::summarize_file(&path, last)
+                .with_context(|| format!("cannot summarize {}", path.display()))
+            {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_USAGE, &e),
+            }
+        }
         Command::Ctl(args) => match ctl(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_GUEST_FAILED, &e),
@@ -86,6 +99,11 @@ fn run(args: RunArgs) -> ExitCode {
         }
         None => None,
     };
+    let timeline = args.trace.as_ref().map(|_| {
+        let tl = std::sync::Arc::new(trapvisor::trace::timeline::Timeline::new(TRACE_CAPACITY));
+        vmm.set_timeline(tl.clone());
+        tl
+    });
     if args.print_map {
         print!("{}", vmm.format_map());
     }
@@ -93,6 +111,11 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(EXIT_USAGE, &e.into()),
     };
+    if let (Some(tl), Some(path)) = (&timeline, &args.trace) {
+        if let Err(e) = tl.write(path) {
+            eprintln!("trapvisor: cannot write the trace {}: {e}", path.display());
+        }
+    }
     if args.stats {
         eprint!("{}", vmm.format_exit_stats());
     }

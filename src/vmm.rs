@@ -15,6 +15,7 @@ use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
 use crate::trace::exits::{self, ExitStats};
+use crate::trace::timeline::Timeline;
 
 /// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
 pub const MAX_VCPUS: u8 = 64;
@@ -106,6 +107,8 @@ pub struct Vmm {
     testdev: Arc<Mutex<TestDev>>,
     /// One per vCPU, recorded by its thread.
     exit_stats: Vec<Arc<Mutex<ExitStats>>>,
+    /// The `--trace` timeline, when tracing.
+    timeline: Option<Arc<Timeline>>,
 }
 
 impl Vmm {
@@ -225,6 +228,7 @@ impl Vmm {
             serial,
             testdev,
             exit_stats: (0..nr_cpus).map(|_| Arc::default()).collect(),
+            timeline: None,
         })
     }
 
@@ -260,6 +264,11 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sink_window()
+    }
+
+    /// Records a timeline of this VM's work (exits, queue work, interrupts) into `timeline`.
+    pub fn set_timeline(&mut self, timeline: Arc<Timeline>) {
+        self.timeline = Some(timeline);
     }
 
     /// What the control API sees of this VM.
@@ -320,6 +329,7 @@ impl Vmm {
             mmio: self.mmio.clone(),
             control: self.control.clone(),
             memory: self.vm.memory().clone(),
+            timeline: self.timeline.clone(),
         };
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {

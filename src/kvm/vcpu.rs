@@ -17,7 +17,8 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
 use super::report::format_report;
 use crate::bus::Bus;
-use crate::trace::exits::ExitStats;
+use crate::trace::exits::{self, ExitStats};
+use crate::trace::timeline::Timeline;
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -41,6 +42,8 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub control: Arc<VmControl>,
     pub memory: GuestMemoryMmap,
+    /// When tracing (`--trace`), every exit becomes a span on this vCPU's track.
+    pub timeline: Option<Arc<Timeline>>,
 }
 
 /// Where to reach a running vCPU from another thread.
@@ -200,7 +203,21 @@ fn run_loop(
                 target: None,
             },
         };
-        let ns = exited.elapsed().as_nanos() as u64;
+        let done = Instant::now();
+        let ns = done.saturating_duration_since(exited).as_nanos() as u64;
+        if let Some(tl) = &ctx.timeline {
+            let place = handled
+                .target
+                .map(|t| exits::place(&t, &ctx.pio, &ctx.mmio))
+                .unwrap_or_default();
+            tl.span(
+                handled.kind.name(),
+                "exit",
+                exited,
+                done,
+                serde_json::json!({ "where": place }),
+            );
+        }
         stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())

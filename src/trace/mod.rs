@@ -1,2 +1,3 @@
 //! Seeing the trap path: statistics kept by the code that does the work.
 pub mod exits;
+pub mod timeline;

@@ -1,0 +1,393 @@
+//! A Perfetto / Chrome trace-event timeline (`--trace PATH`): per-thread spans (exit handling,
+//! ioeventfd wakeups, queue work, interrupt injection) linked by flow events, so that one
+//! packet's path from the guest's kick to its completion interrupt reads as one chain.
+//!
+//! Recording is off unless a `Timeline` exists; each event takes one short lock. The buffer is
+//! bounded: events past [`Timeline::capacity`] are counted, not kept.
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::thread::ThreadId;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+/// How a flow event joins the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The first step of a chain (e.g. the guest's kick as seen by the VMM).
+    Start,
+    /// A step in between.
+    Step,
+    /// The last step (e.g. the completion interrupt).
+    End,
+}
+
+impl Flow {
+    fn phase(self) -> &'static str {
+        match self {
+            Flow::Start => "s",
+            Flow::Step => "t",
+            Flow::End => "f",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Span {
+        tid: u32,
+        name: String,
+        cat: &'static str,
+        start_ns: u64,
+        dur_ns: u64,
+        args: Value,
+    },
+    Flow {
+        tid: u32,
+        id: u64,
+        name: String,
+        flow: Flow,
+        at_ns: u64,
+    },
+}
+
+struct Inner {
+    events: Vec<Event>,
+    dropped: u64,
+    threads: HashMap<ThreadId, u32>,
+    names: Vec<String>,
+}
+
+/// The event buffer.
+pub struct Timeline {
+    origin: Instant,
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Timeline {
+    pub fn new(capacity: usize) -> Self {
+        Timeline {
+            origin: Instant::now(),
+            capacity,
+            inner: Mutex::new(Inner {
+                events: Vec::new(),
+                dropped: 0,
+                threads: HashMap::new(),
+                names: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn push(&self, make: impl FnOnce(u32) -> Event) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.events.len() >= self.capacity {
+            inner.dropped += 1;
+            return;
+        }
+        let current = std::thread::current();
+        let tid = match inner.threads.get(&current.id()) {
+            Some(&tid) => tid,
+            None => {
+                let tid = inner.names.len() as u32 + 1;
+                inner.threads.insert(current.id(), tid);
+                let name = current.name().unwrap_or("thread").to_string();
+                inner.names.push(name);
+                tid
+            }
+        };
+        let event = make(tid);
+        inner.events.push(event);
+    }
+
+    /// A span on the calling thread from `start` to `end`.
+    pub fn span(&self, name: &str, cat: &'static str, start: Instant, end: Instant, args: Value) {
+        let (start_ns, end_ns) = (self.ns(start), self.ns(end));
+        self.push(|tid| Event::Span {
+            tid,
+            name: name.to_string(),
+            cat,
+            start_ns,
+            dur_ns: end_ns.saturating_sub(start_ns),
+            args,
+        });
+    }
+
+    /// A flow event at `at`, bound to the calling thread's span enclosing that time.
+    pub fn flow(&self, id: u64, name: &str, flow: Flow, at: Instant) {
+        let at_ns = self.ns(at);
+        self.push(|tid| Event::Flow {
+            tid,
+            id,
+            name: name.to_string(),
+            flow,
+            at_ns,
+        });
+    }
+
+    /// Events kept and events dropped for lack of room.
+    pub fn len(&self) -> (usize, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.events.len(), inner.dropped)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len().0 == 0
+    }
+
+    /// The trace as Chrome trace-event JSON (Perfetto and chrome://tracing open it).
+    pub fn to_json(&self) -> Value {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let mut events: Vec<Value> = inner
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": i + 1,
+                       "args": {"name": name}})
+            })
+            .collect();
+        events.push(
+            json!({"ph": "M", "name": "process_name", "pid": 1, "tid": 0,
+                           "args": {"name": "trapvisor"}}),
+        );
+        for e in &inner.events {
+            events.push(match e {
+                Event::Span {
+                    tid,
+                    name,
+                    cat,
+                    start_ns,
+                    dur_ns,
+                    args,
+                } => json!({"ph": "X", "pid": 1, "tid": tid, "name": name, "cat": cat,
+                            "ts": us(*start_ns), "dur": us(*dur_ns), "args": args}),
+                Event::Flow {
+                    tid,
+                    id,
+                    name,
+                    flow,
+                    at_ns,
+                } => json!({"ph": flow.phase(), "pid": 1, "tid": tid, "name": name,
+                            "cat": "flow", "id": id, "ts": us(*at_ns), "bp": "e"}),
+            });
+        }
+        json!({
+            "traceEvents": events,
+            "displayTimeUnit": "ns",
+            "otherData": {"dropped_events": inner.dropped},
+        })
+    }
+
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let mut f = io::BufWriter::new(std::fs::File::create(path)?);
+        serde_json::to_writer(&mut f, &self.to_json())?;
+        f.flush()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    #[error("cannot read {0}")]
+    Read(#[from] io::Error),
+    #[error("not a trace-event JSON file: {0}")]
+    Parse(String),
+}
+
+/// One step of a chain, for the summary.
+struct Step {
+    ts: f64,
+    thread: String,
+    name: String,
+    span: Option<(String, Value)>,
+}
+
+/// Describes, in words, the last `last` chains (flows) of a trace: which handler ran on which
+/// thread, what woke it, and what completed it, with times relative to the chain's start.
+pub fn summary(json: &Value, last: usize) -> Result<String, SummaryError> {
+    let events = json["traceEvents"]
+        .as_array()
+        .ok_or_else(|| SummaryError::Parse("no traceEvents array".into()))?;
+    let mut threads: HashMap<u64, String> = HashMap::new();
+    let mut spans: HashMap<u64, Vec<(f64, f64, String, Value)>> = HashMap::new();
+    let mut flows: HashMap<u64, Vec<(f64, u64, String)>> = HashMap::new();
+    for e in events {
+        let tid = e["tid"].as_u64().unwrap_or(0);
+        match e["ph"].as_str() {
+            Some("M") if e["name"] == "thread_name" => {
+                threads.insert(tid, e["args"]["name"].as_str().unwrap_or("").to_string());
+            }
+            Some("X") => spans.entry(tid).or_default().push((
+                e["ts"].as_f64().unwrap_or(0.0),
+                e["dur"].as_f64().unwrap_or(0.0),
+                e["name"].as_str().unwrap_or("").to_string(),
+                e["args"].clone(),
+            )),
+            Some("s" | "t" | "f") => {
+                let id = e["id"]
+                    .as_u64()
+                    .ok_or_else(|| SummaryError::Parse("flow event without a numeric id".into()))?;
+                flows.entry(id).or_default().push((
+                    e["ts"].as_f64().unwrap_or(0.0),
+                    tid,
+                    e["name"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut chains: Vec<(u64, Vec<Step>)> = flows
+        .into_iter()
+        .map(|(id, mut steps)| {
+            steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let steps = steps
+                .into_iter()
+                .map(|(ts, tid, name)| {
+                    // The span this flow event binds to: the innermost one enclosing it.
+                    let span = spans
+                        .get(&tid)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(s, d, _, _)| *s <= ts && ts <= s + d)
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(_, _, n, a)| (n.clone(), a.clone()));
+                    Step {
+                        ts,
+                        thread: threads
+                            .get(&tid)
+                            .cloned()
+                            .unwrap_or_else(|| format!("tid {tid}")),
+                        name,
+                        span,
+                    }
+                })
+                .collect();
+            (id, steps)
+        })
+        .collect();
+    chains.sort_by(|a, b| {
+        let first = |c: &[Step]| c.first().map_or(0.0, |s| s.ts);
+        first(&a.1).total_cmp(&first(&b.1))
+    });
+    let skip = chains.len().saturating_sub(last);
+    let mut out = String::new();
+    if chains.is_empty() {
+        out.push_str("no flows in this trace (nothing was kicked and completed while tracing)\n");
+    }
+    for (id, steps) in chains.into_iter().skip(skip) {
+        let t0 = steps.first().map_or(0.0, |s| s.ts);
+        let total = steps.last().map_or(0.0, |s| s.ts) - t0;
+        out.push_str(&format!(
+            "chain {id}: {} steps, {total:.1} us\n",
+            steps.len()
+        ));
+        for s in &steps {
+            let what = match &s.span {
+                Some((name, args)) if args.as_object().is_some_and(|o| !o.is_empty()) => {
+                    format!("{name} {args}")
+                }
+                Some((name, _)) => name.clone(),
+                None => "(no enclosing span)".to_string(),
+            };
+            out.push_str(&format!(
+                "  +{:>9.1} us  {:<12} {:<16} in {what}\n",
+                s.ts - t0,
+                s.thread,
+                s.name
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a trace file and summarizes its last `last` chains.
+pub fn summarize_file(path: &Path, last: usize) -> Result<String, SummaryError> {
+    let text = std::fs::read_to_string(path)?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| SummaryError::Parse(e.to_string()))?;
+    summary(&json, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn spans_and_flows_make_valid_json_and_a_summary() {
+        let tl = Timeline::new(100);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_micros(n);
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("vcpu0".into())
+                .spawn_scoped(scope, || {
+                    tl.span(
+                        "mmio-write",
+                        "exit",
+                        ms(10),
+                        ms(20),
+                        json!({"where": "notify q1"}),
+                    );
+                    tl.flow(7, "kick", Flow::Start, ms(15));
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        });
+        tl.span("tx queue 1", "queue", ms(30), ms(50), json!({}));
+        tl.flow(7, "pop", Flow::Step, ms(31));
+        tl.span("irqfd vector 2", "irq", ms(48), ms(49), json!({}));
+        tl.flow(7, "interrupt", Flow::End, ms(48));
+        let json = tl.to_json();
+        let events = json["traceEvents"].as_array().unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e["ph"] == "M" && e["args"]["name"] == "vcpu0"));
+        assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), 3);
+        assert_eq!(events.iter().filter(|e| e["id"] == 7).count(), 3);
+        // Round trip through text, as a file would be.
+        let parsed: Value = serde_json::from_str(&json.to_string()).unwrap();
+        let text = summary(&parsed, 5).unwrap();
+        assert!(text.contains("chain 7: 3 steps"), "{text}");
+        assert!(
+            text.contains("vcpu0") && text.contains("mmio-write"),
+            "{text}"
+        );
+        assert!(
+            text.contains("interrupt") && text.contains("irqfd vector 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn capacity_bounds_the_buffer() {
+        let tl = Timeline::new(2);
+        let t = Instant::now();
+        for _ in 0..5 {
+            tl.span("x", "exit", t, t, json!({}));
+        }
+        assert_eq!(tl.len(), (2, 3));
+        assert_eq!(tl.to_json()["otherData"]["dropped_events"], 3);
+    }
+
+    #[test]
+    fn summary_rejects_what_is_not_a_trace() {
+        assert!(summary(&json!({"foo": 1}), 3).is_err());
+        assert!(summary(&json!({"traceEvents": [{"ph": "s", "id": "x"}]}), 3).is_err());
+        let empty = summary(&json!({"traceEvents": []}), 3).unwrap();
+        assert!(empty.contains("no flows"));
+    }
+}
