@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::arch::x86_64::{self as arch, layout, ArchError, BootConfig, BootEntry, KernelSource};
-use crate::bus::{format_map, Bus, BusError, BusKind, SharedDevice};
-use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::i8042::I8042;
+use crate::bus::{format_map, Bus, BusError, BusKind};
+use crate::devices::legacy;
 use crate::devices::serial::{IrqFdTrigger, SerialDevice};
-use crate::devices::testdev::{self, DebugExit, TestDev};
+use crate::devices::testdev::TestDev;
 use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
@@ -140,48 +139,12 @@ impl Vmm {
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
 
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
+        let legacy::LegacyDevices { serial, testdev } = legacy::register(
+            &pio,
+            &mmio,
             IrqFdTrigger(vm.irqfd(layout::COM1_IRQ)?),
             Box::new(console.clone()),
-        )));
-        let testdev = Arc::new(Mutex::new(TestDev::new(Box::new(console))));
-        let serial_dev: SharedDevice = serial.clone();
-        let testdev_dev: SharedDevice = testdev.clone();
-        pio.insert(layout::COM1_PORT.into(), 8, "serial0", "16550", serial_dev)?;
-        pio.insert(
-            layout::I8042_DATA_PORT.into(),
-            5,
-            "i8042",
-            "data+status/command",
-            Arc::new(Mutex::new(I8042::default())),
-        )?;
-        pio.insert(
-            layout::DEBUG_EXIT_PORT.into(),
-            4,
-            "debug-exit",
-            "exit",
-            Arc::new(Mutex::new(DebugExit)),
-        )?;
-        pio.insert(
-            layout::TESTDEV_PORT.into(),
-            testdev::PIO_LEN,
-            "testdev",
-            "exit+sink+console",
-            testdev_dev.clone(),
-        )?;
-        pio.insert(
-            layout::ACPI_SLEEP_CONTROL_PORT.into(),
-            2,
-            "acpi-pm",
-            "sleep-control+reset",
-            Arc::new(Mutex::new(AcpiPm)),
-        )?;
-        mmio.insert(
-            layout::TESTDEV_MMIO_START,
-            testdev::MMIO_LEN,
-            "testdev",
-            "exit+sink+console",
-            testdev_dev,
+            Box::new(console),
         )?;
 
         let source = match (&cfg.kernel, kernel_file.as_mut()) {

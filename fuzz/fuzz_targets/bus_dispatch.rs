@@ -1,0 +1,101 @@
+//! Random port and MMIO accesses, through the exit dispatcher, against the full legacy device
+//! set. Invariants: no panic; an access nobody owns reads as all-ones and stops nothing; a
+//! write to the debug-exit port stops with exactly the written value; the SINK count equals
+//! the SINK writes that were dispatched.
+#![no_main]
+
+use std::io::sink;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use trapvisor::arch::x86_64::layout;
+use trapvisor::bus::{Bus, BusKind};
+use trapvisor::devices::legacy;
+use trapvisor::devices::testdev::SINK_OFFSET;
+use trapvisor::kvm::exit::{handle_exit, Buses, Exit, ExitAction, StopReason};
+
+#[derive(Debug, Clone, Copy)]
+struct NoIrq;
+impl vm_superio::Trigger for NoIrq {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Access {
+    In { port: u16, size: u8, count: u8 },
+    Out { port: u16, size: u8, data: Vec<u8> },
+    Read { addr: u64, len: u8 },
+    Write { addr: u64, data: Vec<u8> },
+    /// Aim at the interesting places more often than chance would.
+    Near { which: u8, offset: u8, data: Vec<u8>, write: bool },
+}
+
+fuzz_target!(|accesses: Vec<Access>| {
+    let pio = Bus::new(BusKind::Pio);
+    let mmio = Bus::new(BusKind::Mmio);
+    let devs = legacy::register(&pio, &mmio, NoIrq, Box::new(sink()), Box::new(sink())).unwrap();
+    let buses = Buses { pio: &pio, mmio: &mmio };
+    let mut sink_writes = 0u64;
+    for a in accesses.into_iter().take(256) {
+        let (is_pio, addr, write, mut data) = match a {
+            Access::In { port, size, count } => {
+                let size = [1usize, 2, 4][size as usize % 3];
+                (true, port as u64, false, vec![0u8; size * (count as usize % 8 + 1)])
+            }
+            Access::Out { port, size: _, data } => (true, port as u64, true, data),
+            Access::Read { addr, len } => (false, addr, false, vec![0u8; len as usize % 9]),
+            Access::Write { addr, data } => (false, addr, true, data),
+            Access::Near { which, offset, data, write } => {
+                let bases = [
+                    (true, layout::COM1_PORT as u64),
+                    (true, layout::I8042_DATA_PORT as u64),
+                    (true, layout::TESTDEV_PORT as u64),
+                    (true, layout::ACPI_SLEEP_CONTROL_PORT as u64),
+                    (false, layout::TESTDEV_MMIO_START),
+                ];
+                let (p, base) = bases[which as usize % bases.len()];
+                (p, base + u64::from(offset % 16), write, data)
+            }
+        };
+        data.truncate(8);
+        if write && data.is_empty() {
+            data.push(0);
+        }
+        let sink_addr = if is_pio {
+            layout::TESTDEV_PORT as u64 + SINK_OFFSET
+        } else {
+            layout::TESTDEV_MMIO_START + SINK_OFFSET
+        };
+        let exit = match (is_pio, write) {
+            (true, false) => Exit::IoIn { port: addr as u16, size: data.len().min(4).max(1), data: &mut data },
+            (true, true) => Exit::IoOut { port: addr as u16, size: data.len(), data: &data },
+            (false, false) => Exit::MmioRead { addr, data: &mut data },
+            (false, true) => Exit::MmioWrite { addr, data: &data },
+        };
+        let addr = if is_pio { addr as u16 as u64 } else { addr };
+        let handled = handle_exit(exit, &buses);
+        if write && addr == sink_addr {
+            sink_writes += 1;
+        }
+        let owned = handled.target.and_then(|t| t.hit).is_some();
+        if !owned {
+            assert_eq!(handled.action, ExitAction::Continue, "unowned access stopped the VM");
+            if !write {
+                assert!(data.iter().all(|&b| b == 0xff), "unowned read gave {data:?}");
+            }
+        }
+        if write && is_pio && addr == layout::DEBUG_EXIT_PORT as u64 {
+            let mut v = [0u8; 4];
+            let n = data.len().min(4);
+            v[..n].copy_from_slice(&data[..n]);
+            assert_eq!(
+                handled.action,
+                ExitAction::Stop(StopReason::DebugExit(u32::from_le_bytes(v)))
+            );
+        }
+    }
+    assert_eq!(devs.testdev.lock().unwrap().sink_count(), sink_writes);
+});

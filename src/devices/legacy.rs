@@ -1,0 +1,74 @@
+//! The legacy and platform device set every VM has, registered on its buses.
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::Trigger;
+
+use super::acpi_pm::AcpiPm;
+use super::i8042::I8042;
+use super::serial::SerialDevice;
+use super::testdev::{self, DebugExit, TestDev};
+use crate::arch::x86_64::layout;
+use crate::bus::{Bus, BusError, SharedDevice};
+
+/// Handles to the devices the VMM talks to after registration.
+pub struct LegacyDevices<T: Trigger> {
+    pub serial: Arc<Mutex<SerialDevice<T>>>,
+    pub testdev: Arc<Mutex<TestDev>>,
+}
+
+/// Registers COM1, the i8042, the debug-exit port, the test device (PIO window and MMIO page)
+/// and the ACPI PM registers. `console` receives serial and test-device output.
+pub fn register<T>(
+    pio: &Bus,
+    mmio: &Bus,
+    serial_irq: T,
+    console: Box<dyn Write + Send>,
+    testdev_console: Box<dyn Write + Send>,
+) -> Result<LegacyDevices<T>, BusError>
+where
+    T: Trigger + Send + 'static,
+    T::E: std::fmt::Debug,
+{
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    let testdev = Arc::new(Mutex::new(TestDev::new(testdev_console)));
+    let serial_dev: SharedDevice = serial.clone();
+    let testdev_dev: SharedDevice = testdev.clone();
+    pio.insert(layout::COM1_PORT.into(), 8, "serial0", "16550", serial_dev)?;
+    pio.insert(
+        layout::I8042_DATA_PORT.into(),
+        5,
+        "i8042",
+        "data+status/command",
+        Arc::new(Mutex::new(I8042::default())),
+    )?;
+    pio.insert(
+        layout::DEBUG_EXIT_PORT.into(),
+        4,
+        "debug-exit",
+        "exit",
+        Arc::new(Mutex::new(DebugExit)),
+    )?;
+    pio.insert(
+        layout::TESTDEV_PORT.into(),
+        testdev::PIO_LEN,
+        "testdev",
+        "exit+sink+console",
+        testdev_dev.clone(),
+    )?;
+    pio.insert(
+        layout::ACPI_SLEEP_CONTROL_PORT.into(),
+        2,
+        "acpi-pm",
+        "sleep-control+reset",
+        Arc::new(Mutex::new(AcpiPm)),
+    )?;
+    mmio.insert(
+        layout::TESTDEV_MMIO_START,
+        testdev::MMIO_LEN,
+        "testdev",
+        "exit+sink+console",
+        testdev_dev,
+    )?;
+    Ok(LegacyDevices { serial, testdev })
+}
