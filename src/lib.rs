@@ -11,5 +11,6 @@ pub mod console;
 pub mod devices;
 pub mod guest;
 pub mod kvm;
+pub mod net;
 pub mod trace;
 pub mod vmm;
