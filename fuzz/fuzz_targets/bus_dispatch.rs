@@ -24,6 +24,7 @@ impl vm_superio::Trigger for NoIrq {
 }
 
 #[derive(Arbitrary, Debug)]
+#[allow(dead_code)] // the fields are read through Debug when a crash is reported
 enum Access {
     In { port: u16, size: u8, count: u8 },
     Out { port: u16, size: u8, data: Vec<u8> },
@@ -63,6 +64,15 @@ fuzz_target!(|accesses: Vec<Access>| {
         data.truncate(8);
         if write && data.is_empty() {
             data.push(0);
+        }
+        if is_pio && write {
+            // Port writes are 1, 2 or 4 bytes wide, as KVM reports them.
+            let size = match data.len() {
+                0 | 1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            };
+            data.resize(size, 0);
         }
         let sink_addr = if is_pio {
             layout::TESTDEV_PORT as u64 + SINK_OFFSET

@@ -207,7 +207,8 @@ fn elements(len: usize, size: usize) -> usize {
     if size == 0 || !len.is_multiple_of(size) {
         1
     } else {
-        len / size
+        // At least one: an empty access is one (empty) access, never a division by zero.
+        (len / size).max(1)
     }
 }
 

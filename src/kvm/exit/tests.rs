@@ -291,3 +291,25 @@ fn exits_are_attributed_to_bus_device_and_region() {
     let h = f.handle(Exit::Interrupted);
     assert_eq!((h.kind, h.target), (ExitKind::Interrupted, None));
 }
+
+/// Fuzz finding (bus_dispatch): an empty port read with a non-zero size divided by zero.
+#[test]
+fn empty_port_access_with_a_size_is_harmless() {
+    let f = Fixture::new();
+    let mut empty: [u8; 0] = [];
+    let h = f.handle(Exit::IoIn {
+        port: 0x3f8,
+        size: 1,
+        data: &mut empty,
+    });
+    assert_eq!(h.action, ExitAction::Continue);
+    // An empty write carries nothing: no device sees it.
+    assert_eq!(
+        f.run(Exit::IoOut {
+            port: 0xf4,
+            size: 4,
+            data: &[]
+        }),
+        ExitAction::Continue
+    );
+}
