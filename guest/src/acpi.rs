@@ -1,4 +1,4 @@
-//! Just enough ACPI to count CPUs: RSDP → XSDT (or RSDT) → MADT.
+//! Just enough ACPI to count CPUs and find PCI's ECAM: RSDP → XSDT (or RSDT) → MADT, MCFG.
 use crate::boot::MAX_CPUS;
 
 const LOW_4G: u64 = 0x1_0000_0000;
@@ -94,8 +94,8 @@ fn rsdp(hint: u64) -> Result<&'static [u8], &'static str> {
     Ok(r)
 }
 
-/// Finds the MADT through the XSDT (ACPI 2+) or the RSDT.
-fn madt(rsdp_hint: u64) -> Result<&'static [u8], &'static str> {
+/// Finds the table with signature `sig` through the XSDT (ACPI 2+) or the RSDT.
+fn find(rsdp_hint: u64, sig: &[u8; 4]) -> Result<Option<&'static [u8]>, &'static str> {
     let r = rsdp(rsdp_hint)?;
     let (root, entry_len) = if r.len() >= 36 && u64_at(r, 24) != 0 {
         (table(u64_at(r, 24))?, 8)
@@ -110,11 +110,35 @@ fn madt(rsdp_hint: u64) -> Result<&'static [u8], &'static str> {
             u64::from(u32_at(e, 0))
         };
         let header = phys(addr, SDT_HEADER_LEN)?;
-        if &header[..4] == b"APIC" {
-            return table(addr);
+        if &header[..4] == sig {
+            return table(addr).map(Some);
         }
     }
-    Err("no MADT in the XSDT/RSDT")
+    Ok(None)
+}
+
+/// Finds the MADT.
+fn madt(rsdp_hint: u64) -> Result<&'static [u8], &'static str> {
+    find(rsdp_hint, b"APIC")?.ok_or("no MADT in the XSDT/RSDT")
+}
+
+/// The ECAM window of PCI segment 0 that covers bus 0, from the MCFG: its base address (that of
+/// bus 0). `Ok(None)` when there is no MCFG or it has no such window.
+pub fn ecam_bus0(rsdp_paddr: u64) -> Result<Option<u64>, &'static str> {
+    let Some(m) = find(rsdp_paddr, b"MCFG")? else {
+        return Ok(None);
+    };
+    // Header, 8 reserved bytes, then 16-byte entries: base u64, segment u16, start bus u8, end
+    // bus u8, reserved u32.
+    let entries = m.get(SDT_HEADER_LEN + 8..).unwrap_or(&[]);
+    for e in entries.chunks_exact(16) {
+        let (base, segment, start, end) =
+            (u64_at(e, 0), u16::from_le_bytes([e[8], e[9]]), e[10], e[11]);
+        if segment == 0 && start == 0 && end >= start {
+            return Ok(Some(base));
+        }
+    }
+    Ok(None)
 }
 
 /// The enabled processors of the MADT (`rsdp_paddr` from the start info; 0 = scan).

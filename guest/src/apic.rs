@@ -16,11 +16,18 @@ const REG_SVR: u32 = 0xf0;
 const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
 const REG_LVT_PERF: u32 = 0x340;
 const REG_LVT_LINT0: u32 = 0x350;
 const REG_LVT_ERROR: u32 = 0x370;
 
 const LVT_MASKED: u32 = 1 << 16;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+/// Divide configuration 0b0011: the timer counts at the APIC bus clock / 16.
+const TIMER_DIVIDE_16: u32 = 0b0011;
+/// APIC bus clock assumed by [`timer_periodic`]: KVM's (and QEMU TCG's) 1 GHz.
+const APIC_BUS_KHZ: u64 = 1_000_000;
 const SVR_ENABLE: u32 = 1 << 8;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 /// ICR low word: INIT, level assert.
@@ -102,6 +109,21 @@ pub fn id_from_cpuid() -> u32 {
         }
     }
     cpuid(1, 0).ebx >> 24
+}
+
+/// Starts the local APIC timer in periodic mode: `vector` every `period_us` (at the 1 GHz bus
+/// clock KVM and QEMU emulate; a wake-up source for `sti; hlt` waits, not a clock).
+pub fn timer_periodic(vector: u8, period_us: u32) {
+    let count = (u64::from(period_us) * APIC_BUS_KHZ / 1000 / 16).clamp(1, u64::from(u32::MAX));
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | u32::from(vector));
+    write(REG_TIMER_INITIAL, count as u32);
+}
+
+/// Stops and masks the local APIC timer.
+pub fn timer_stop() {
+    write(REG_TIMER_INITIAL, 0);
+    write(REG_LVT_TIMER, LVT_MASKED);
 }
 
 /// Signals end of interrupt.

@@ -2,9 +2,9 @@
 //!
 //! The VMM enters `pvh_start32` (named by the `XEN_ELFNOTE_PHYS32_ENTRY` note) in 32-bit
 //! protected mode with paging off, flat segments, and EBX = physical address of
-//! `hvm_start_info`. The stub zeroes .bss, identity-maps the first 4 GiB with 2 MiB pages (U/S
-//! set at every level, so CPL3 code reaches RAM and the MMIO pages; the top GiB uncached), loads
-//! the 64-bit GDT, enables PAE, EFER.LME and paging, far-jumps to 64-bit code, switches to the
+//! `hvm_start_info`. The stub zeroes .bss (a few KiB: see `link.ld`), loads CR3 with the
+//! identity map of the first 4 GiB (2 MiB pages, assembled as data: U/S set at every level, so
+//! CPL3 code reaches RAM and the MMIO pages; the top GiB uncached), loads the 64-bit GDT, enables PAE, EFER.LME and paging, far-jumps to 64-bit code, switches to the
 //! boot stack and calls `rust_main(start_info_paddr)`.
 //!
 //! GDT (shared by every CPU; the TSS descriptor is filled in by `gdt::init`):
@@ -55,41 +55,15 @@ pvh_start32:
     cld
     mov %ebx, %esi              /* start info, kept in ESI until rust_main */
 
-    /* Zero .bss, which holds the page tables. */
+    /* Zero .bss: only the small statics that need it. The page tables are pre-filled data,
+       the big buffers and the stacks live in .noinit. (linux-loader's Elf::load does not
+       zero p_memsz beyond p_filesz; it relies on fresh guest RAM.) */
     mov $__bss_start, %edi
     mov $__bss_end, %ecx
     sub %edi, %ecx
     shr $2, %ecx
     xor %eax, %eax
     rep stosl
-
-    /* PML4[0] -> PDPT */
-    mov $boot_pdpt, %eax
-    or $0x7, %eax               /* P | RW | US */
-    mov %eax, boot_pml4
-
-    /* PDPT[0..4] -> PD[0..4] */
-    mov $boot_pd, %eax
-    or $0x7, %eax
-    xor %ecx, %ecx
-1:  mov %eax, boot_pdpt(,%ecx,8)
-    add $0x1000, %eax
-    inc %ecx
-    cmp $4, %ecx
-    jne 1b
-
-    /* 2048 PD entries of 2 MiB: P | RW | US | PS, plus PWT | PCD from 3 GiB (MMIO) on */
-    xor %ecx, %ecx
-2:  mov %ecx, %eax
-    shl $21, %eax
-    or $0x87, %eax
-    cmp $1536, %ecx
-    jb 3f
-    or $0x18, %eax
-3:  mov %eax, boot_pd(,%ecx,8)
-    inc %ecx
-    cmp $2048, %ecx
-    jne 2b
 
     mov $boot_pml4, %eax
     mov %eax, %cr3
@@ -155,16 +129,35 @@ gdt64_ptr:
     .word gdt64_end - gdt64 - 1
     .quad gdt64
 
-    .section .bss.pagetables, "aw", @nobits
+    /* Identity map of the first 4 GiB with 2 MiB pages, assembled as data (building it at
+       run time costs milliseconds of emulated CPL0 code): P | RW | US at every level, PS in
+       the PDs, PWT | PCD from 3 GiB (MMIO) on. */
+    .section .data.pagetables, "aw"
     .balign 4096
+    .global boot_pml4
 boot_pml4:
-    .skip 4096
+    .quad boot_pdpt + 0x7
+    .fill 511, 8, 0
+    .global boot_pdpt
 boot_pdpt:
-    .skip 4096
+    .quad boot_pd + 0x7
+    .quad boot_pd + 0x1000 + 0x7
+    .quad boot_pd + 0x2000 + 0x7
+    .quad boot_pd + 0x3000 + 0x7
+    .fill 508, 8, 0
+    .global boot_pd
 boot_pd:
-    .skip 4 * 4096
+    pd_index = 0
+    .rept 1536
+    .quad (pd_index << 21) | 0x87
+    pd_index = pd_index + 1
+    .endr
+    .rept 512
+    .quad (pd_index << 21) | 0x9f
+    pd_index = pd_index + 1
+    .endr
 
-    .section .stacks, "aw", @nobits
+    .section .noinit.stacks, "aw", @nobits
     .balign 4096
     .skip {boot_stack}
     .global boot_stack_top
@@ -193,6 +186,10 @@ ap_stacks:
 );
 
 extern "C" {
+    /// The page directory pointer table under PML4[0]: entries 0–3 map the first 4 GiB.
+    pub static mut boot_pdpt: [u64; 512];
+    /// The four page directories of the first 4 GiB (2048 entries of 2 MiB).
+    pub static mut boot_pd: [u64; 2048];
     /// The GDT (7 quadwords; see the module comment).
     pub static mut gdt64: [u64; 7];
     /// RSP0: the stack interrupts from CPL3 arrive on.

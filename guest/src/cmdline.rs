@@ -25,6 +25,10 @@ pub enum Command {
     TripleFault,
     /// `smp`: start every AP in the MADT.
     Smp,
+    /// `pci`: list PCI bus 0 (functions, BARs, capabilities).
+    Pci,
+    /// `rng`: list bus 0, then read random bytes from a virtio-rng device.
+    Rng,
     /// `exit=N`: report N through the debug-exit port at once.
     Exit(u32),
     /// `fail`: FAIL on purpose.
@@ -78,6 +82,8 @@ pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
         "idle" => no_value(Command::Idle),
         "triple-fault" => no_value(Command::TripleFault),
         "smp" => no_value(Command::Smp),
+        "pci" => no_value(Command::Pci),
+        "rng" => no_value(Command::Rng),
         "exit" => Ok(Command::Exit(count(None)?)),
         "fail" => no_value(Command::Fail),
         _ => Err(ParseError::Unknown(word)),

@@ -4,7 +4,7 @@ use core::arch::asm;
 
 use crate::cmdline::{self, Command, ParseError};
 use crate::pvh::BootInfo;
-use crate::{cpu, idt, println, smp, testdev, user};
+use crate::{cpu, drivers, idt, pci, println, smp, testdev, user};
 
 /// Parses and runs `line` (empty: [`cmdline::DEFAULT`]); never returns.
 pub fn run_all(info: &BootInfo) -> ! {
@@ -50,6 +50,10 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
             idt::triple_fault()
         }
         Command::Smp => smp::run(info.rsdp_paddr),
+        Command::Pci => {
+            pci::list(info.rsdp_paddr);
+        }
+        Command::Rng => drivers::rng::run(info.rsdp_paddr),
         Command::Exit(code) => {
             println!("exit: reporting {}", code);
             testdev::exit(code)

@@ -1,8 +1,10 @@
 //! Thin wrappers around the x86 instructions the guest needs.
 //!
-//! Port I/O, CPUID, RDTSC, PAUSE and HLT have no memory-safety effect in this guest (no device
-//! does DMA into its memory), so their wrappers are safe functions. MSR writes and MMIO go through
-//! `unsafe fn`s: they can change paging, the APIC or arbitrary memory.
+//! Port I/O, CPUID, RDTSC, PAUSE and HLT have no memory-safety effect in this guest, so their
+//! wrappers are safe functions. (The one device that writes guest memory, virtio, is pointed only
+//! at memory its driver owns, and only after the driver enabled bus mastering; see `virtio`.)
+//! MSR writes and MMIO go through `unsafe fn`s: they can change paging, the APIC or arbitrary
+//! memory.
 use core::arch::asm;
 
 /// Writes a byte to an I/O port.
@@ -21,6 +23,26 @@ pub fn inb(port: u16) -> u8 {
     // SAFETY: port I/O touches no guest memory; see the module comment.
     unsafe {
         asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
+/// Writes a 16-bit value to an I/O port.
+#[inline(always)]
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: port I/O touches no guest memory; see the module comment.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Reads a 16-bit value from an I/O port.
+#[inline(always)]
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: port I/O touches no guest memory; see the module comment.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags))
     }
     value
 }
@@ -124,6 +146,13 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Disables interrupts.
+#[inline(always)]
+pub fn cli() {
+    // SAFETY: masking interrupts on this CPU has no memory effect.
+    unsafe { asm!("cli", options(nomem, nostack)) }
+}
+
 /// Enables interrupts and halts until one arrives (`sti; hlt`, atomic thanks to the STI shadow).
 #[inline(always)]
 pub fn sti_hlt() {
@@ -145,6 +174,56 @@ pub fn read_cr3() -> u64 {
     // SAFETY: reading CR3 has no side effect.
     unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
     v
+}
+
+/// Flushes the TLB entry for `addr` (after a page-table change).
+///
+/// # Safety
+/// The page tables must map what the running code needs.
+#[inline(always)]
+pub unsafe fn invlpg(addr: u64) {
+    // SAFETY: the caller guarantees the new mapping is sound.
+    unsafe { asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) }
+}
+
+/// 8-bit MMIO read.
+///
+/// # Safety
+/// `addr` must be identity-mapped and either device MMIO or memory the caller may read.
+#[inline(always)]
+pub unsafe fn mmio_read8(addr: u64) -> u8 {
+    // SAFETY: the caller guarantees `addr` is mapped and readable.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// 16-bit MMIO read.
+///
+/// # Safety
+/// As [`mmio_read8`], and `addr` 2-byte aligned.
+#[inline(always)]
+pub unsafe fn mmio_read16(addr: u64) -> u16 {
+    // SAFETY: the caller guarantees `addr` is mapped, readable and aligned.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+
+/// 8-bit MMIO write.
+///
+/// # Safety
+/// `addr` must be identity-mapped device MMIO (or memory the caller owns).
+#[inline(always)]
+pub unsafe fn mmio_write8(addr: u64, value: u8) {
+    // SAFETY: the caller guarantees `addr` is mapped and writable.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, value) }
+}
+
+/// 16-bit MMIO write.
+///
+/// # Safety
+/// As [`mmio_write8`], and `addr` 2-byte aligned.
+#[inline(always)]
+pub unsafe fn mmio_write16(addr: u64, value: u16) {
+    // SAFETY: the caller guarantees `addr` is mapped, writable and aligned.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, value) }
 }
 
 /// 32-bit MMIO read.

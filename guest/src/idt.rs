@@ -1,19 +1,24 @@
 //! The IDT: a stub for every vector, one Rust dispatcher.
 //!
+//! The IDT itself is assembled as data (`idt_table`), not built at boot: filling 256 gates is
+//! about a millisecond of emulated CPL0 code on PVM. That needs the stubs' address at assembly
+//! time, so `link.ld` places `.text.isr` first in the image, at [`ISR_BASE`] (and asserts it).
+//!
 //! Exceptions (0–31) and anything else unexpected print
 //! `trapvisor-guest: FAIL: exception V at RIP ...` and exit 1. External interrupts (32–254) are
-//! counted and EOI'd at the local APIC; 0xff is the APIC's spurious vector (no EOI). Vector 3
+//! counted (0x30–0x4f also per vector: [`count`]) and EOI'd at the local APIC; 0xff is the APIC's spurious vector (no EOI). Vector 3
 //! (#BP) has a DPL-3 gate: CPL3 code returns to CPL0 with `int3` (see `user`). Every other gate
 //! has DPL 0, so `int N` at CPL3 is a #GP.
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::cpu::{self, DescriptorTablePointer};
-use crate::sync::Global;
 use crate::{apic, boot, testdev};
 
-/// The vector CPL3 code returns through (`int3`).
-pub const USER_RETURN_VECTOR: usize = 3;
+/// Where `link.ld` puts the stubs (the image's first bytes).
+const ISR_BASE: u64 = 0x10_0000;
+/// Bytes of the IDT.
+const IDT_BYTES: usize = 256 * 16;
 /// The local APIC's spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Bytes between consecutive stubs.
@@ -44,7 +49,8 @@ isr_stubs:
     isr_noerr 0
     isr_noerr 1
     isr_noerr 2
-    isr_noerr 3
+    .balign 16                  /* 3: #BP, DPL 3: the way back from CPL3 (see `user`) */
+    jmp user_return_stub
     isr_noerr 4
     isr_noerr 5
     isr_noerr 6
@@ -119,15 +125,44 @@ isr_common:
     pop %rax
     add $16, %rsp
     iretq
+
+    /* 256 interrupt gates: selector KERNEL_CS, present, 64-bit interrupt gate, DPL 0 (0x8e);
+       vector 3 DPL 3 (0xee); vector 8 (#DF) on IST1. */
+    .section .data.idt, "aw"
+    .balign 16
+    .global idt_table
+idt_table:
+    idt_vector = 0
+    .rept 256
+    idt_stub = {isr_base} + idt_vector * 16
+    .word idt_stub & 0xffff
+    .word {kernel_cs}
+    .if idt_vector == 8
+    .byte 1
+    .else
+    .byte 0
+    .endif
+    .if idt_vector == 3
+    .byte 0xee
+    .else
+    .byte 0x8e
+    .endif
+    .word (idt_stub >> 16) & 0xffff
+    .long idt_stub >> 32
+    .long 0
+    idt_vector = idt_vector + 1
+    .endr
     "#,
+    isr_base = const ISR_BASE,
+    kernel_cs = const boot::KERNEL_CS,
     options(att_syntax)
 );
 
 extern "C" {
     static isr_stubs: u8;
     static isr_stubs_end: u8;
-    /// Vector 3's entry (in `user`).
-    static user_return_stub: u8;
+    /// The 256 gates (16 bytes each), assembled above.
+    static idt_table: u8;
 }
 
 /// What `isr_common` leaves on the stack.
@@ -157,83 +192,36 @@ pub struct Frame {
     pub ss: u64,
 }
 
-/// One 16-byte interrupt gate.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Gate {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    type_attr: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
-}
-
-impl Gate {
-    const EMPTY: Gate = Gate {
-        offset_low: 0,
-        selector: 0,
-        ist: 0,
-        type_attr: 0,
-        offset_mid: 0,
-        offset_high: 0,
-        reserved: 0,
-    };
-
-    fn interrupt(handler: u64, ist: u8) -> Gate {
-        Gate {
-            offset_low: handler as u16,
-            selector: boot::KERNEL_CS,
-            ist,
-            type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        }
-    }
-
-    /// The same gate with DPL 3: `int N` at CPL3 may use it.
-    fn user(mut self) -> Gate {
-        self.type_attr |= 3 << 5;
-        self
-    }
-}
-
-static IDT: Global<[Gate; 256]> = Global::new([Gate::EMPTY; 256]);
 /// External interrupts taken (all CPUs).
 pub static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// First vector with a count of its own (device and timer vectors live here).
+pub const COUNTED_BASE: u8 = 0x30;
+const COUNTED: usize = 32;
+static PER_VECTOR: [AtomicU64; COUNTED] = [const { AtomicU64::new(0) }; COUNTED];
 /// Spurious APIC interrupts taken.
 pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 static IN_FATAL: AtomicBool = AtomicBool::new(false);
 
-/// Builds the IDT (BSP, once) and loads it.
+/// Checks that the stubs are where the assembled IDT expects them, and loads it.
 pub fn init() {
     let base = crate::sym_addr!(isr_stubs);
     let end = crate::sym_addr!(isr_stubs_end);
-    if end - base != 256 * STUB_STRIDE {
+    if base != ISR_BASE || end - base != 256 * STUB_STRIDE {
         testdev::fail(format_args!(
-            "interrupt stubs are {} bytes, expected 4096",
-            end - base
+            "interrupt stubs at {:#x}..{:#x}, expected {:#x}..+4096",
+            base, end, ISR_BASE
         ));
     }
-    // SAFETY: single CPU at boot, before any interrupt can arrive (IF=0 and the IDT not loaded).
-    let idt = unsafe { &mut *IDT.get() };
-    for (v, gate) in idt.iter_mut().enumerate() {
-        let ist = if v == 8 { 1 } else { 0 };
-        *gate = Gate::interrupt(base + v as u64 * STUB_STRIDE, ist);
-    }
-    idt[USER_RETURN_VECTOR] = Gate::interrupt(crate::sym_addr!(user_return_stub), 0).user();
     load();
 }
 
 /// Loads the IDT on this CPU (APs call this too).
 pub fn load() {
     let ptr = DescriptorTablePointer {
-        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
-        base: IDT.get() as u64,
+        limit: (IDT_BYTES - 1) as u16,
+        base: crate::sym_addr!(idt_table),
     };
-    // SAFETY: the IDT is fully built before any CPU loads it and is never changed afterwards.
+    // SAFETY: the IDT is assembled data, complete before any CPU runs, and never changed.
     unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) }
 }
 
@@ -283,9 +271,19 @@ extern "C" fn interrupt_dispatch(frame: &mut Frame) {
         }
         _ => {
             INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = PER_VECTOR.get(usize::from(vector.wrapping_sub(COUNTED_BASE))) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             apic::eoi();
         }
     }
+}
+
+/// Interrupts taken on `vector` (one of the 32 from [`COUNTED_BASE`]; 0 for others).
+pub fn count(vector: u8) -> u64 {
+    PER_VECTOR
+        .get(usize::from(vector.wrapping_sub(COUNTED_BASE)))
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 fn fatal(frame: &Frame, vector: u8) -> ! {

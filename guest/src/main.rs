@@ -13,8 +13,12 @@ mod boot;
 mod cmdline;
 mod commands;
 mod cpu;
+mod drivers;
 mod gdt;
 mod idt;
+mod msix;
+mod paging;
+mod pci;
 mod pvh;
 mod serial;
 mod smp;
@@ -22,6 +26,7 @@ mod sync;
 mod testdev;
 mod time;
 mod user;
+mod virtio;
 
 /// Called by the boot stub in long mode, on the boot stack, interrupts off.
 #[no_mangle]

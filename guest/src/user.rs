@@ -112,6 +112,8 @@ static TASK: Global<UserTask> = Global::new(UserTask {
     primes: 0,
     done_writes: 0,
 });
+/// Filled by the user code before anything reads it, so not zeroed at boot (`.noinit`).
+#[link_section = ".noinit.user"]
 static BUF: Global<[u8; BUF_LEN]> = Global::new([0; BUF_LEN]);
 
 const CRC_TABLE: [u32; 256] = {

@@ -1,0 +1,2 @@
+//! Device drivers built on `pci` and `virtio`.
+pub mod rng;
