@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::virtio::rng::RngConfig;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "trapvisor",
@@ -56,6 +58,13 @@ pub struct RunArgs {
     /// Print both address spaces (range, size, device, region) before starting.
     #[arg(long)]
     pub print_map: bool,
+    /// seccomp filters on every thread: on (a forbidden syscall stops trapvisor with a
+    /// message), log (allowed, logged by the kernel), off.
+    #[arg(long, default_value = "on")]
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// Test hook: vcpu0 makes one forbidden syscall once its filter is installed.
+    #[arg(long, hide = true)]
+    pub seccomp_selftest: bool,
     /// Write a Perfetto / Chrome trace-event timeline (JSON) of the run to this file.
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -66,6 +75,11 @@ pub struct RunArgs {
     /// on stderr when the VM stops.
     #[arg(long)]
     pub stats: bool,
+    /// Add a virtio-rng (PCI); options: notify=ioeventfd|exit (how a queue kick reaches the
+    /// device), irq=irqfd|msi (how its MSI-X interrupts reach KVM). `--rng` alone: the defaults
+    /// (notify=ioeventfd,irq=irqfd).
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<RngConfig>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +252,64 @@ mod tests {
             &["trapvisor"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} parsed");
+        }
+    }
+
+    fn rng_of(args: &[&str]) -> Option<RngConfig> {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        a.rng
+    }
+
+    #[test]
+    fn rng_option() {
+        use crate::virtio::{DeviceOptions, IrqMode, NotifyMode};
+        assert_eq!(rng_of(&["trapvisor", "run"]), None);
+        assert_eq!(
+            rng_of(&["trapvisor", "run", "--rng"]),
+            Some(RngConfig::default())
+        );
+        // `--rng` alone followed by other options.
+        assert_eq!(
+            rng_of(&["trapvisor", "run", "--rng", "--cmdline", "rng"]),
+            Some(RngConfig::default())
+        );
+        let both = RngConfig {
+            transport: DeviceOptions {
+                notify: NotifyMode::Exit,
+                irq: IrqMode::Msi,
+            },
+        };
+        assert_eq!(
+            rng_of(&["trapvisor", "run", "--rng", "notify=exit,irq=msi"]),
+            Some(both)
+        );
+        assert_eq!(
+            rng_of(&["trapvisor", "run", "--rng=irq=msi,notify=exit"]),
+            Some(both)
+        );
+        assert_eq!(
+            rng_of(&["trapvisor", "run", "--rng", "irq=msi"])
+                .unwrap()
+                .transport
+                .notify,
+            NotifyMode::Ioeventfd
+        );
+    }
+
+    #[test]
+    fn bad_rng_options_are_refused() {
+        for bad in [
+            "notify=fast",
+            "irq=intx",
+            "bogus",
+            "notify=exit,notify=exit",
+            "speed=1",
+        ] {
+            let r = Cli::try_parse_from(["trapvisor", "run", "--rng", bad]);
+            assert!(r.is_err(), "--rng {bad} parsed");
         }
     }
 }

@@ -27,6 +27,7 @@ impl StdinForwarder {
     pub fn start(
         serial: Arc<Mutex<SerialDevice<IrqFdTrigger>>>,
         control: Arc<VmControl>,
+        mode: crate::seccomp::SeccompMode,
     ) -> Option<StdinForwarder> {
         let fd = io::stdin().as_raw_fd();
         if !is_terminal(fd) {
@@ -48,7 +49,14 @@ impl StdinForwarder {
         let ctl = control.clone();
         let thread = std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || forward(fd, &serial, &ctl))
+            .spawn(move || {
+                // Terminal bytes are guest input: confine the thread first.
+                if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Worker, mode) {
+                    ctl.request_stop(crate::kvm::exit::StopReason::Fatal(e.to_string()));
+                    return;
+                }
+                forward(fd, &serial, &ctl)
+            })
             .ok();
         Some(StdinForwarder {
             saved: Some(saved),

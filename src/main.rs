@@ -5,6 +5,7 @@ use clap::Parser;
 use trapvisor::api::{client, ApiServer};
 use trapvisor::cli::{Cli, Command, CtlAction, CtlArgs, RunArgs};
 use trapvisor::kvm::exit::StopReason;
+use trapvisor::seccomp::SeccompMode;
 use trapvisor::vmm::{Kernel, StopSignals, VmConfig, Vmm};
 
 /// Bad input or a VMM failure before the guest ran.
@@ -85,6 +86,7 @@ fn run(args: RunArgs) -> ExitCode {
         mem_size: args.memory,
         cpus: args.cpus,
         console: Box::new(std::io::stdout()),
+        rng: args.rng,
     };
     let mut vmm = match Vmm::new(cfg) {
         Ok(v) => v,
@@ -92,13 +94,23 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let _api = match &args.api_socket {
         Some(path) => {
-            match ApiServer::start(path, std::sync::Arc::new(vmm.api_view(config_json))) {
+            match ApiServer::start(
+                path,
+                std::sync::Arc::new(vmm.api_view(config_json)),
+                args.seccomp,
+            ) {
                 Ok(server) => Some(server),
                 Err(e) => return fail(EXIT_USAGE, &e.into()),
             }
         }
         None => None,
     };
+    if args.seccomp == SeccompMode::On {
+        if let Err(e) = trapvisor::seccomp::install_sigsys_handler() {
+            return fail(EXIT_USAGE, &e.into());
+        }
+    }
+    vmm.set_seccomp(args.seccomp, args.seccomp_selftest);
     let timeline = args.trace.as_ref().map(|_| {
         let tl = std::sync::Arc::new(trapvisor::trace::timeline::Timeline::new(TRACE_CAPACITY));
         vmm.set_timeline(tl.clone());

@@ -13,8 +13,11 @@ use crate::devices::testdev::TestDev;
 use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
+use crate::pci::platform::{PciPlatform, PlatformError};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::timeline::Timeline;
+use crate::virtio::rng::{Rng, RngConfig};
 
 /// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
 pub const MAX_VCPUS: u8 = 64;
@@ -35,6 +38,8 @@ pub enum VmmError {
     Cpus(u32),
     #[error("{what}: {err}")]
     Io { what: &'static str, err: io::Error },
+    #[error(transparent)]
+    Pci(#[from] PlatformError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
@@ -66,6 +71,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Where serial and test-device output goes.
     pub console: Box<dyn Write + Send>,
+    /// A virtio-rng on PCI (`--rng`).
+    pub rng: Option<RngConfig>,
 }
 
 impl VmConfig {
@@ -78,6 +85,7 @@ impl VmConfig {
             mem_size: 256 << 20,
             cpus: 1,
             console: Box::new(io::stdout()),
+            rng: None,
         }
     }
 }
@@ -97,6 +105,9 @@ impl Write for SharedConsole {
 
 /// A VM ready to run.
 pub struct Vmm {
+    /// PCI root, virtio devices and their event loop. Declared before `vm`: the devices hold
+    /// the VM fd (irqfds, routes, ioeventfds) and go first.
+    pci: PciPlatform,
     vm: Vm,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -108,6 +119,8 @@ pub struct Vmm {
     exit_stats: Vec<Arc<Mutex<ExitStats>>>,
     /// The `--trace` timeline, when tracing.
     timeline: Option<Arc<Timeline>>,
+    seccomp: SeccompMode,
+    seccomp_selftest: bool,
 }
 
 impl Vmm {
@@ -147,6 +160,11 @@ impl Vmm {
             Box::new(console),
         )?;
 
+        let mut pci = PciPlatform::new(&vm, &pio, &mmio)?;
+        if let Some(rng) = cfg.rng {
+            pci.add_virtio(Box::new(Rng::new()), rng.transport)?;
+        }
+
         let source = match (&cfg.kernel, kernel_file.as_mut()) {
             (Kernel::File(_), Some(f)) => KernelSource::File(f),
             (
@@ -183,6 +201,7 @@ impl Vmm {
             vcpus.push(fd);
         }
         Ok(Vmm {
+            pci,
             vm,
             pio,
             mmio,
@@ -192,12 +211,21 @@ impl Vmm {
             testdev,
             exit_stats: (0..nr_cpus).map(|_| Arc::default()).collect(),
             timeline: None,
+            seccomp: SeccompMode::Off,
+            seccomp_selftest: false,
         })
     }
 
     /// Both address spaces, as `--print-map` shows them.
     pub fn format_map(&self) -> String {
-        format_map(&[&self.pio, &self.mmio])
+        let mut map = format_map(&[&self.pio, &self.mmio]);
+        map.push_str(&self.pci.format_map());
+        map
+    }
+
+    /// The PCI root and the virtio devices.
+    pub fn pci(&self) -> &PciPlatform {
+        &self.pci
     }
 
     pub fn pio_bus(&self) -> &Arc<Bus> {
@@ -227,6 +255,13 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sink_window()
+    }
+
+    /// Confines every thread the VM starts (and the calling thread once they run) with the
+    /// seccomp filter of its kind. `selftest` makes vcpu0 try one forbidden syscall.
+    pub fn set_seccomp(&mut self, mode: SeccompMode, selftest: bool) {
+        self.seccomp = mode;
+        self.seccomp_selftest = selftest;
     }
 
     /// Records a timeline of this VM's work (exits, queue work, interrupts) into `timeline`.
@@ -293,7 +328,12 @@ impl Vmm {
             control: self.control.clone(),
             memory: self.vm.memory().clone(),
             timeline: self.timeline.clone(),
+            seccomp: self.seccomp,
+            seccomp_selftest: self.seccomp_selftest,
         };
+        // Device work (notify=ioeventfd kicks) runs on the event loop, started before any
+        // vCPU can kick; it stops with the VM and is joined after the vCPUs.
+        let devices = self.pci.start(self.control.clone())?;
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let stats = self.exit_stats[id].clone();
@@ -307,16 +347,27 @@ impl Vmm {
             }
         }
         let stdin = if forward_stdin {
-            crate::console::StdinForwarder::start(self.serial.clone(), self.control.clone())
+            crate::console::StdinForwarder::start(
+                self.serial.clone(),
+                self.control.clone(),
+                self.seccomp,
+            )
         } else {
             None
         };
+        // The calling thread only waits, kicks and reports from here on.
+        if let Err(e) = seccomp::install(ThreadKind::Main, self.seccomp) {
+            self.control.request_stop(StopReason::Fatal(e.to_string()));
+        }
         self.wait(signals, &handles);
         for h in &handles {
             h.kick();
         }
         for h in &mut handles {
             h.join();
+        }
+        if let Some(d) = devices {
+            d.join();
         }
         drop(stdin);
         Ok(RunResult {

@@ -38,6 +38,7 @@ fn real_mode(image: &[u8], capture: &Capture) -> VmConfig {
         mem_size: 16 << 20,
         cpus: 1,
         console: Box::new(capture.clone()),
+        rng: None,
     }
 }
 

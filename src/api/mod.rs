@@ -14,11 +14,14 @@ pub mod client;
 pub mod view;
 
 use std::io::Read;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
+
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 /// Request bodies larger than this are refused (no route takes a body).
 pub const MAX_BODY: usize = 4096;
@@ -99,33 +102,69 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub fn start(path: &Path, vm: Arc<dyn VmApi>) -> Result<ApiServer, ApiError> {
+    /// Listens on `path` and serves from an "api" thread confined by the API seccomp filter
+    /// (tiny_http's own threads are created from it and inherit the filter).
+    pub fn start(
+        path: &Path,
+        vm: Arc<dyn VmApi>,
+        seccomp: SeccompMode,
+    ) -> Result<ApiServer, ApiError> {
         if path.symlink_metadata().is_ok() {
             return Err(ApiError::Exists(path.to_path_buf()));
         }
-        let server =
-            Arc::new(
-                tiny_http::Server::http_unix(path).map_err(|e| ApiError::Listen {
-                    path: path.to_path_buf(),
-                    err: e.to_string(),
-                })?,
-            );
-        let s = server.clone();
-        let thread = std::thread::Builder::new()
+        let listener = UnixListener::bind(path).map_err(|e| ApiError::Listen {
+            path: path.to_path_buf(),
+            err: e.to_string(),
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || serve(&s, &*vm));
-        let thread = match thread {
+            .spawn(move || {
+                // Requests are untrusted input: confine the thread before the first one.
+                if let Err(e) = seccomp::install(ThreadKind::Api, seccomp) {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+                let server = match tiny_http::Server::from_listener(listener, None) {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(server.clone()));
+                serve(&server, &*vm);
+            });
+        let thread = match spawned {
             Ok(t) => t,
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 return Err(ApiError::Thread(e));
             }
         };
-        Ok(ApiServer {
-            server,
-            thread: Some(thread),
-            path: path.to_path_buf(),
-        })
+        match rx.recv() {
+            Ok(Ok(server)) => Ok(ApiServer {
+                server,
+                thread: Some(thread),
+                path: path.to_path_buf(),
+            }),
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                let _ = std::fs::remove_file(path);
+                Err(ApiError::Listen {
+                    path: path.to_path_buf(),
+                    err,
+                })
+            }
+            Err(_) => {
+                let _ = thread.join();
+                let _ = std::fs::remove_file(path);
+                Err(ApiError::Listen {
+                    path: path.to_path_buf(),
+                    err: "the API thread ended early".into(),
+                })
+            }
+        }
     }
 }
 

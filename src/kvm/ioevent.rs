@@ -101,3 +101,38 @@ impl IoEventRegistry for FakeIoEvents {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the real /dev/kvm: MMIO ioeventfds with no datamatch register, refuse a duplicate,
+    /// and unregister; the fake behaves the same.
+    #[test]
+    fn kvm_and_fake_ioeventfds_agree() {
+        let fake = FakeIoEvents::new();
+        let regs: Vec<Arc<dyn IoEventRegistry>> = match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => {
+                let vm = Arc::new(kvm.create_vm().unwrap());
+                vec![fake.clone(), Arc::new(KvmIoEvents::new(vm))]
+            }
+            Err(_) => {
+                eprintln!("no /dev/kvm: only the fake");
+                vec![fake.clone()]
+            }
+        };
+        for r in regs {
+            let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            r.register(&a, 0xc000_3000).unwrap();
+            r.register(&b, 0xc000_3004).unwrap();
+            assert!(r.register(&b, 0xc000_3000).is_err(), "same address twice");
+            r.unregister(&a, 0xc000_3000).unwrap();
+            assert!(r.unregister(&a, 0xc000_3000).is_err());
+            r.register(&b, 0xc000_3000).unwrap();
+            r.unregister(&b, 0xc000_3000).unwrap();
+            r.unregister(&b, 0xc000_3004).unwrap();
+        }
+        assert!(fake.addresses().is_empty());
+    }
+}

@@ -415,11 +415,39 @@ mod tests {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         router.register_irqfd(&evt, gsi).unwrap();
         evt.write(1).unwrap();
-        // The legacy line still has its IOAPIC/PIC route: KVM_IRQ_LINE on GSI 4 is accepted
-        // and the serial irqfd can still be written.
-        vm.set_irq_line(4, true).unwrap();
-        vm.set_irq_line(4, false).unwrap();
+        // The table was replaced, and GSI 4 (the serial port) still has its routes: a line
+        // raised through the table shows in the IOAPIC's IRR, and the serial irqfd's pulse is
+        // latched in the PIC's IRR (both are gone if GSI 4 has no route).
+        let irr = |chip_id| {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip).unwrap();
+            // SAFETY: KVM_GET_IRQCHIP fills the member named by chip_id.
+            unsafe {
+                if chip_id == KVM_IRQCHIP_IOAPIC {
+                    chip.chip.ioapic.irr
+                } else {
+                    u32::from(chip.chip.pic.irr)
+                }
+            }
+        };
+        assert_eq!(irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4), 0);
         serial.write(1).unwrap();
+        // irqfd injection of an IRQCHIP route runs from a kernel work item: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_ne!(
+            irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4),
+            0,
+            "serial irqfd lost"
+        );
+        vm.set_irq_line(4, true).unwrap();
+        assert_ne!(irr(KVM_IRQCHIP_IOAPIC) & (1 << 4), 0, "no IOAPIC route");
+        vm.set_irq_line(4, false).unwrap();
         router.signal_msi(msg).unwrap();
         router.unregister_irqfd(&evt, gsi).unwrap();
         router.remove_route(gsi).unwrap();

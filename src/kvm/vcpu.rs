@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
 use super::report::format_report;
 use crate::bus::Bus;
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::timeline::Timeline;
 
@@ -44,6 +45,10 @@ pub struct VcpuContext {
     pub memory: GuestMemoryMmap,
     /// When tracing (`--trace`), every exit becomes a span on this vCPU's track.
     pub timeline: Option<Arc<Timeline>>,
+    /// The seccomp mode for the vCPU filter, installed before the first KVM_RUN.
+    pub seccomp: SeccompMode,
+    /// Test hook: make one forbidden syscall right after the filter is in place.
+    pub seccomp_selftest: bool,
 }
 
 /// Where to reach a running vCPU from another thread.
@@ -111,6 +116,17 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             let run = run_addr as *mut kvm_run;
+            // Confined before the guest runs: everything after this handles guest input.
+            if let Err(e) = seccomp::install(ThreadKind::Vcpu, ctx.seccomp) {
+                ctx.control.request_stop(StopReason::Fatal(e.to_string()));
+                ctx.control.vcpu_running(false);
+                return fd;
+            }
+            if ctx.seccomp_selftest && id == 0 {
+                // SAFETY: getppid has no arguments and no side effects; it is not in the
+                // vCPU allow-list, which is the point of this hook.
+                unsafe { libc::getppid() };
+            }
             // A panic must not unwind past here: that would unmap kvm_run under the kicker.
             let loop_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_loop(&mut fd, id, run, &ctx, &stats)

@@ -1,0 +1,154 @@
+//! The transport's side of [`VirtioInterrupt`]: ISR bits and MSI-X vectors.
+//!
+//! Shared (`Arc`) between the transport, which sets the vectors the driver programs, and the
+//! device, which fires from whatever thread it runs on (the event loop, or a vCPU for
+//! notify=exit). Firing sets the ISR bit and fires the vector the driver chose for that queue
+//! (or for config) through [`Msix`]: an irqfd write or a KVM_SIGNAL_MSI; masked vectors pend.
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::pci::msix::{Fired, Msix};
+use crate::virtio::{InterruptError, VirtioInterrupt, VirtioInterruptType};
+
+/// "No vector" in config_msix_vector / queue_msix_vector.
+pub const NO_VECTOR: u16 = 0xffff;
+pub const ISR_QUEUE: u8 = 1;
+pub const ISR_CONFIG: u8 = 2;
+
+/// Counters of interrupts raised by the device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptStats {
+    pub delivered: u64,
+    pub pending: u64,
+    /// Raised with no vector set, MSI-X disabled, or delivery failed.
+    pub lost: u64,
+}
+
+pub struct VirtioPciInterrupt {
+    msix: Arc<Mutex<Msix>>,
+    isr: AtomicU8,
+    config_vector: AtomicU16,
+    queue_vectors: Vec<AtomicU16>,
+    delivered: AtomicU64,
+    pending: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl VirtioPciInterrupt {
+    pub fn new(msix: Arc<Mutex<Msix>>, nr_queues: usize) -> Self {
+        VirtioPciInterrupt {
+            msix,
+            isr: AtomicU8::new(0),
+            config_vector: AtomicU16::new(NO_VECTOR),
+            queue_vectors: (0..nr_queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            delivered: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    pub fn msix(&self) -> &Arc<Mutex<Msix>> {
+        &self.msix
+    }
+
+    pub fn lock_msix(&self) -> std::sync::MutexGuard<'_, Msix> {
+        self.msix.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> InterruptStats {
+        InterruptStats {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads and clears the ISR (virtio 1.2 §4.1.4.5).
+    pub fn take_isr(&self) -> u8 {
+        self.isr.swap(0, Ordering::AcqRel)
+    }
+
+    pub fn config_vector(&self) -> u16 {
+        self.config_vector.load(Ordering::Acquire)
+    }
+
+    pub fn queue_vector(&self, q: usize) -> u16 {
+        self.queue_vectors
+            .get(q)
+            .map_or(NO_VECTOR, |v| v.load(Ordering::Acquire))
+    }
+
+    pub fn set_config_vector(&self, v: u16) {
+        self.config_vector.store(v, Ordering::Release);
+        self.update_in_use();
+    }
+
+    pub fn set_queue_vector(&self, q: usize, v: u16) {
+        if let Some(slot) = self.queue_vectors.get(q) {
+            slot.store(v, Ordering::Release);
+            self.update_in_use();
+        }
+    }
+
+    /// Device reset: ISR clear, no vectors (so every vector's route and irqfd go away).
+    pub fn reset(&self) {
+        self.isr.store(0, Ordering::Release);
+        self.config_vector.store(NO_VECTOR, Ordering::Release);
+        for v in &self.queue_vectors {
+            v.store(NO_VECTOR, Ordering::Release);
+        }
+        self.update_in_use();
+    }
+
+    /// Tells MSI-X which vectors this device fires, so only those are armed.
+    fn update_in_use(&self) {
+        let mut used: Vec<u16> = self
+            .queue_vectors
+            .iter()
+            .map(|v| v.load(Ordering::Acquire))
+            .chain(std::iter::once(self.config_vector()))
+            .filter(|&v| v != NO_VECTOR)
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        self.lock_msix().set_in_use(&used);
+    }
+}
+
+impl VirtioInterrupt for VirtioPciInterrupt {
+    fn trigger(&self, kind: VirtioInterruptType) -> Result<(), InterruptError> {
+        let (bit, vector) = match kind {
+            VirtioInterruptType::Config => (ISR_CONFIG, self.config_vector()),
+            VirtioInterruptType::Queue(q) => {
+                let slot = self
+                    .queue_vectors
+                    .get(usize::from(q))
+                    .ok_or(InterruptError::NoQueue(q))?;
+                (ISR_QUEUE, slot.load(Ordering::Acquire))
+            }
+        };
+        self.isr.fetch_or(bit, Ordering::AcqRel);
+        if vector == NO_VECTOR {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            return Err(InterruptError::Delivery(
+                "no MSI-X vector set (and no INTx)".into(),
+            ));
+        }
+        match self.lock_msix().fire(vector) {
+            Fired::Delivered => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Fired::Pending => {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Fired::Dropped | Fired::Failed => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                Err(InterruptError::Delivery(format!(
+                    "MSI-X vector {vector} not delivered"
+                )))
+            }
+        }
+    }
+}
