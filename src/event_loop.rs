@@ -142,6 +142,16 @@ impl EventLoop {
 
     /// Starts the loop on its own thread; it ends when `stop` becomes readable.
     pub fn start(self, stop: Arc<dyn StopSignal>) -> Result<EventLoopHandle, EventLoopError> {
+        self.start_with(stop, Box::new(|| {}))
+    }
+
+    /// As [`EventLoop::start`], running `init` first on the new thread (before it touches any
+    /// guest-driven work): the VMM installs the thread's seccomp filter there.
+    pub fn start_with(
+        self,
+        stop: Arc<dyn StopSignal>,
+        init: Box<dyn FnOnce() + Send>,
+    ) -> Result<EventLoopHandle, EventLoopError> {
         self.epoll
             .ctl(
                 ControlOperation::Add,
@@ -152,10 +162,13 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("event-loop".into())
             .spawn(move || {
-                // `stop` lives as long as the loop: its fd stays valid while it is watched.
-                let stats = self.run();
-                drop(stop);
-                stats
+                init();
+                let mut lp = self;
+                let stats = lp.run();
+                // The sources (and `stop`, whose fd was watched) go back to the joining thread
+                // and are closed there: this thread's seccomp filter need not allow what
+                // closing entails (debug builds check each fd with fcntl before closing it).
+                (stats, lp, stop)
             })
             .map_err(EventLoopError::Spawn)?;
         Ok(EventLoopHandle {
@@ -164,7 +177,7 @@ impl EventLoop {
     }
 
     /// The loop. Returns when the stop fd is readable (or epoll fails).
-    fn run(mut self) -> LoopStats {
+    fn run(&mut self) -> LoopStats {
         let mut events = vec![EpollEvent::default(); 32];
         'outer: loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -210,14 +223,22 @@ impl EventLoop {
 }
 
 /// The running loop's thread.
+/// What the loop's thread hands back: its statistics, and the sources and stop signal to be
+/// closed by the joining thread.
+type LoopResult = (LoopStats, EventLoop, Arc<dyn StopSignal>);
+
 pub struct EventLoopHandle {
-    thread: Option<JoinHandle<LoopStats>>,
+    thread: Option<JoinHandle<LoopResult>>,
 }
 
 impl EventLoopHandle {
-    /// Waits for the loop to end (after its stop fd became readable).
+    /// Waits for the loop to end (after its stop fd became readable); its sources are closed
+    /// on the calling thread.
     pub fn join(mut self) -> Option<LoopStats> {
-        self.thread.take().and_then(|t| t.join().ok())
+        let (stats, sources, stop) = self.thread.take()?.join().ok()?;
+        drop(sources);
+        drop(stop);
+        Some(stats)
     }
 }
 

@@ -333,7 +333,15 @@ impl Vmm {
         };
         // Device work (notify=ioeventfd kicks) runs on the event loop, started before any
         // vCPU can kick; it stops with the VM and is joined after the vCPUs.
-        let devices = self.pci.start(self.control.clone())?;
+        let (mode, control) = (self.seccomp, self.control.clone());
+        let devices = self.pci.start_with(
+            self.control.clone(),
+            Box::new(move || {
+                if let Err(e) = seccomp::install(ThreadKind::Worker, mode) {
+                    control.request_stop(StopReason::Fatal(e.to_string()));
+                }
+            }),
+        )?;
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let stats = self.exit_stats[id].clone();

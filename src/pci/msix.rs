@@ -35,79 +35,79 @@ pub trait MsiDelivery: Send {
 }
 
 struct IrqfdVector {
-    gsi: u32,
+    /// Allocated at the first arm, kept until drop.
+    gsi: Option<u32>,
     evt: EventFd,
     bound: bool,
 }
 
 /// Each armed vector is a GSI route plus an irqfd; firing writes the eventfd.
+///
+/// The eventfds are made up front, so that arming and firing (which may happen on any thread,
+/// under any seccomp filter) only need ioctls and writes.
 pub struct IrqfdDelivery {
     router: Arc<dyn IrqRouting>,
-    vectors: Vec<Option<IrqfdVector>>,
+    vectors: Vec<IrqfdVector>,
 }
 
 impl IrqfdDelivery {
-    pub fn new(router: Arc<dyn IrqRouting>, nr_vectors: u16) -> Self {
-        IrqfdDelivery {
-            router,
-            vectors: (0..nr_vectors).map(|_| None).collect(),
-        }
+    pub fn new(router: Arc<dyn IrqRouting>, nr_vectors: u16) -> Result<Self, IrqError> {
+        let vectors = (0..nr_vectors)
+            .map(|_| {
+                Ok(IrqfdVector {
+                    gsi: None,
+                    evt: EventFd::new(libc::EFD_NONBLOCK).map_err(IrqError::EventFd)?,
+                    bound: false,
+                })
+            })
+            .collect::<Result<Vec<_>, IrqError>>()?;
+        Ok(IrqfdDelivery { router, vectors })
     }
 
     /// The GSI of an armed (or once armed) vector.
     pub fn gsi(&self, vector: u16) -> Option<u32> {
-        self.vectors
-            .get(usize::from(vector))?
-            .as_ref()
-            .map(|v| v.gsi)
+        self.vectors.get(usize::from(vector))?.gsi
     }
 }
 
 impl MsiDelivery for IrqfdDelivery {
     fn arm(&mut self, vector: u16, msg: MsiMessage) -> Result<(), IrqError> {
-        let Some(slot) = self.vectors.get_mut(usize::from(vector)) else {
+        let Some(v) = self.vectors.get_mut(usize::from(vector)) else {
             return Ok(());
         };
-        if slot.is_none() {
-            let gsi = self.router.allocate_gsi()?;
-            let evt = match EventFd::new(libc::EFD_NONBLOCK) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.router.free_gsi(gsi);
-                    return Err(IrqError::EventFd(e));
-                }
-            };
-            *slot = Some(IrqfdVector {
-                gsi,
-                evt,
-                bound: false,
-            });
-        }
-        let Some(v) = slot.as_mut() else {
-            return Ok(());
+        let gsi = match v.gsi {
+            Some(g) => g,
+            None => {
+                let g = self.router.allocate_gsi()?;
+                v.gsi = Some(g);
+                g
+            }
         };
-        self.router.set_msi_route(v.gsi, msg)?;
+        self.router.set_msi_route(gsi, msg)?;
         if !v.bound {
-            self.router.register_irqfd(&v.evt, v.gsi)?;
+            self.router.register_irqfd(&v.evt, gsi)?;
             v.bound = true;
         }
         Ok(())
     }
 
     fn disarm(&mut self, vector: u16) -> Result<(), IrqError> {
-        let Some(Some(v)) = self.vectors.get_mut(usize::from(vector)) else {
+        let Some(v) = self.vectors.get_mut(usize::from(vector)) else {
+            return Ok(());
+        };
+        let Some(gsi) = v.gsi else {
             return Ok(());
         };
         if v.bound {
-            self.router.unregister_irqfd(&v.evt, v.gsi)?;
+            self.router.unregister_irqfd(&v.evt, gsi)?;
             v.bound = false;
         }
-        self.router.remove_route(v.gsi)
+        self.router.remove_route(gsi)
     }
 
     fn deliver(&mut self, vector: u16, _msg: MsiMessage) -> Result<(), IrqError> {
         match self.vectors.get(usize::from(vector)) {
-            Some(Some(v)) if v.bound => v.evt.write(1).map_err(IrqError::EventFd),
+            Some(v) if v.bound => v.evt.write(1).map_err(IrqError::EventFd),
             _ => Ok(()),
         }
     }
@@ -115,11 +115,13 @@ impl MsiDelivery for IrqfdDelivery {
 
 impl Drop for IrqfdDelivery {
     fn drop(&mut self) {
-        for v in self.vectors.iter().flatten() {
-            if v.bound {
-                let _ = self.router.unregister_irqfd(&v.evt, v.gsi);
+        for v in &self.vectors {
+            if let Some(gsi) = v.gsi {
+                if v.bound {
+                    let _ = self.router.unregister_irqfd(&v.evt, gsi);
+                }
+                self.router.free_gsi(gsi);
             }
-            self.router.free_gsi(v.gsi);
         }
     }
 }
@@ -506,7 +508,7 @@ mod tests {
     #[test]
     fn irqfd_vectors_get_routes_when_unmasked_and_in_use() {
         let router = FakeIrqRouting::new();
-        let mut m = Msix::new(2, Box::new(IrqfdDelivery::new(router.clone(), 2)));
+        let mut m = Msix::new(2, Box::new(IrqfdDelivery::new(router.clone(), 2).unwrap()));
         program(&mut m, 0, 0xfee0_0000, 0x31);
         m.set_in_use(&[0]);
         m.set_control(MSIX_ENABLE);
@@ -599,7 +601,7 @@ mod tests {
     #[test]
     fn delivery_errors_are_counted_not_fatal() {
         let router = FakeIrqRouting::new();
-        let mut m = Msix::new(1, Box::new(IrqfdDelivery::new(router.clone(), 1)));
+        let mut m = Msix::new(1, Box::new(IrqfdDelivery::new(router.clone(), 1).unwrap()));
         router.lock().fail = true;
         m.set_in_use(&[0]);
         m.set_control(MSIX_ENABLE);

@@ -132,8 +132,17 @@ impl PciPlatform {
         &mut self,
         stop: Arc<dyn StopSignal>,
     ) -> Result<Option<EventLoopHandle>, PlatformError> {
+        self.start_with(stop, Box::new(|| {}))
+    }
+
+    /// As `start`, running `init` first on the loop's thread (its seccomp filter).
+    pub fn start_with(
+        &mut self,
+        stop: Arc<dyn StopSignal>,
+        init: Box<dyn FnOnce() + Send>,
+    ) -> Result<Option<EventLoopHandle>, PlatformError> {
         match self.event_loop.take() {
-            Some(lp) if !lp.is_empty() => Ok(Some(lp.start(stop)?)),
+            Some(lp) if !lp.is_empty() => Ok(Some(lp.start_with(stop, init)?)),
             _ => Ok(None),
         }
     }

@@ -51,6 +51,8 @@ pub enum TransportError {
     Pci(#[from] crate::pci::PciError),
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    Irq(crate::kvm::irq::IrqError),
 }
 
 /// Counters of the transport: guest mistakes and the notify paths.
@@ -120,6 +122,8 @@ pub struct VirtioPciDevice {
     ioevent_at: Vec<Option<u64>>,
     /// Where BAR0 decodes now.
     bar_addr: Option<u64>,
+    /// The device waits on `notify_evts` itself (`VirtioDevice::take_notify_events`).
+    device_polls_kicks: bool,
 
     stats: TransportStats,
 }
@@ -157,7 +161,9 @@ impl VirtioPciDevice {
         // A vector per queue plus one for config changes.
         let nr_vectors = (sizes.len() + 1).min(usize::from(layout::MAX_VECTORS)) as u16;
         let delivery: Box<dyn MsiDelivery> = match options.irq {
-            IrqMode::Irqfd => Box::new(IrqfdDelivery::new(router, nr_vectors)),
+            IrqMode::Irqfd => {
+                Box::new(IrqfdDelivery::new(router, nr_vectors).map_err(TransportError::Irq)?)
+            }
             IrqMode::Msi => Box::new(SignalMsiDelivery::new(router)),
         };
         let msix = Msix::new(nr_vectors, delivery);
@@ -210,6 +216,9 @@ impl VirtioPciDevice {
                 .map_err(TransportError::EventFd)?,
             NotifyMode::Exit => Vec::new(),
         };
+        // A device with threads of its own may wait on the kicks itself.
+        let mut device = device;
+        let device_polls_kicks = !notify_evts.is_empty() && device.take_notify_events(&notify_evts);
         let interrupt = Arc::new(VirtioPciInterrupt::new(
             Arc::new(Mutex::new(msix)),
             sizes.len(),
@@ -236,6 +245,7 @@ impl VirtioPciDevice {
             notify_evts,
             bar_addr: None,
             stats: TransportStats::default(),
+            device_polls_kicks,
             device,
         })
     }
@@ -261,9 +271,12 @@ impl VirtioPciDevice {
         &self.interrupt
     }
 
-    /// The queues' notify eventfds for the event loop (notify=ioeventfd; empty otherwise):
-    /// (queue, a clone of its eventfd).
+    /// The queues' notify eventfds for the event loop (notify=ioeventfd; empty otherwise, and
+    /// when the device waits on them itself): (queue, a clone of its eventfd).
     pub fn notify_events(&self) -> Result<Vec<(u16, EventFd)>, std::io::Error> {
+        if self.device_polls_kicks {
+            return Ok(Vec::new());
+        }
         self.notify_evts
             .iter()
             .enumerate()
