@@ -266,6 +266,12 @@ impl Vmm {
 
     /// Records a timeline of this VM's work (exits, queue work, interrupts) into `timeline`.
     pub fn set_timeline(&mut self, timeline: Arc<Timeline>) {
+        for slot in self.pci.virtio() {
+            slot.dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_timeline(timeline.clone());
+        }
         self.timeline = Some(timeline);
     }
 

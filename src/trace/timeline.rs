@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 use std::time::Instant;
@@ -63,6 +64,7 @@ struct Inner {
 /// The event buffer.
 pub struct Timeline {
     origin: Instant,
+    next_flow: AtomicU64,
     capacity: usize,
     inner: Mutex<Inner>,
 }
@@ -71,6 +73,7 @@ impl Timeline {
     pub fn new(capacity: usize) -> Self {
         Timeline {
             origin: Instant::now(),
+            next_flow: AtomicU64::new(1),
             capacity,
             inner: Mutex::new(Inner {
                 events: Vec::new(),
@@ -79,6 +82,11 @@ impl Timeline {
                 names: Vec::new(),
             }),
         }
+    }
+
+    /// A new flow id (never 0).
+    pub fn new_flow(&self) -> u64 {
+        self.next_flow.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> usize {

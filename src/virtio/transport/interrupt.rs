@@ -5,9 +5,11 @@
 //! notify=exit). Firing sets the ISR bit and fires the vector the driver chose for that queue
 //! (or for config) through [`Msix`]: an irqfd write or a KVM_SIGNAL_MSI; masked vectors pend.
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use crate::pci::msix::{Fired, Msix};
+use crate::trace::timeline::{Flow, Timeline};
 use crate::virtio::{InterruptError, VirtioInterrupt, VirtioInterruptType};
 
 /// "No vector" in config_msix_vector / queue_msix_vector.
@@ -32,6 +34,9 @@ pub struct VirtioPciInterrupt {
     delivered: AtomicU64,
     pending: AtomicU64,
     lost: AtomicU64,
+    /// Tracing: the timeline, and the flow (kick) now being served (0: none).
+    timeline: OnceLock<Arc<Timeline>>,
+    flow: AtomicU64,
 }
 
 impl VirtioPciInterrupt {
@@ -44,7 +49,23 @@ impl VirtioPciInterrupt {
             delivered: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            timeline: OnceLock::new(),
+            flow: AtomicU64::new(0),
         }
+    }
+
+    /// Records every interrupt on `timeline`, ending the current kick's flow.
+    pub fn set_timeline(&self, timeline: Arc<Timeline>) {
+        let _ = self.timeline.set(timeline);
+    }
+
+    pub fn timeline(&self) -> Option<&Arc<Timeline>> {
+        self.timeline.get()
+    }
+
+    /// The flow (kick) whose completion the next interrupts belong to (0: none).
+    pub fn set_flow(&self, id: u64) {
+        self.flow.store(id, Ordering::Relaxed);
     }
 
     pub fn msix(&self) -> &Arc<Mutex<Msix>> {
@@ -134,7 +155,22 @@ impl VirtioInterrupt for VirtioPciInterrupt {
                 "no MSI-X vector set (and no INTx)".into(),
             ));
         }
-        match self.lock_msix().fire(vector) {
+        let started = self.timeline.get().map(|_| Instant::now());
+        let fired = self.lock_msix().fire(vector);
+        if let (Some(tl), Some(t0)) = (self.timeline.get(), started) {
+            tl.span(
+                &format!("msi-x vector {vector}: {fired:?}"),
+                "irq",
+                t0,
+                Instant::now(),
+                serde_json::json!({ "vector": vector, "isr": bit }),
+            );
+            let flow = self.flow.load(Ordering::Relaxed);
+            if flow != 0 {
+                tl.flow(flow, "interrupt", Flow::End, t0);
+            }
+        }
+        match fired {
             Fired::Delivered => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())

@@ -13,6 +13,7 @@
 //!
 //! Both end in the same call, `VirtioDevice::process_queue`.
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -22,6 +23,7 @@ use crate::kvm::irq::IrqRouting;
 use crate::pci::config::overlaps;
 use crate::pci::msix::{IrqfdDelivery, MsiDelivery, Msix, SignalMsiDelivery, MSIX_ENTRY_SIZE};
 use crate::pci::{BarInfo, BarKind, BarRegion, ConfigWrite, PciConfig, PciDevice, PciHeader};
+use crate::trace::timeline::{Flow, Timeline};
 use crate::virtio::queue::QueueRegs;
 use crate::virtio::{DeviceError, DeviceOptions, IrqMode, NotifyMode, VirtioDevice};
 
@@ -292,11 +294,36 @@ impl VirtioPciDevice {
     /// The event loop's entry: queue `q`'s ioeventfd fired (the eventfd is already read).
     pub fn queue_notified(&mut self, q: u16) {
         self.stats.ioeventfd_kicks += 1;
-        self.kick(usize::from(q));
+        self.kick(usize::from(q), "ioeventfd wakeup");
     }
 
-    /// Both notify paths end here.
-    fn kick(&mut self, q: usize) {
+    /// Traces this device's kicks, queue work and interrupts on `timeline`.
+    pub fn set_timeline(&mut self, timeline: Arc<Timeline>) {
+        self.interrupt.set_timeline(timeline);
+    }
+
+    /// Both notify paths end here. With a timeline, the kick starts a flow that the queue work
+    /// and the completion interrupt continue.
+    fn kick(&mut self, q: usize, how: &str) {
+        let Some(tl) = self.interrupt.timeline().cloned() else {
+            return self.kick_untraced(q);
+        };
+        let t0 = Instant::now();
+        let flow = tl.new_flow();
+        tl.flow(flow, how, Flow::Start, t0);
+        self.interrupt.set_flow(flow);
+        self.kick_untraced(q);
+        self.interrupt.set_flow(0);
+        tl.span(
+            &format!("{} queue {q}", self.name),
+            "queue",
+            t0,
+            Instant::now(),
+            serde_json::json!({ "kick": how, "flow": flow }),
+        );
+    }
+
+    fn kick_untraced(&mut self, q: usize) {
         if q >= self.queues.len() {
             self.stats.bad_notifies += 1;
             return;
@@ -338,7 +365,7 @@ impl VirtioPciDevice {
         self.stats.exit_kicks += 1;
         match self.options.notify {
             // The device runs here, on the vCPU thread.
-            NotifyMode::Exit => self.kick(q),
+            NotifyMode::Exit => self.kick(q, "mmio exit"),
             // The ioeventfd is not in place (before DRIVER_OK, or KVM refused it): hand the
             // kick to the event loop as the ioeventfd would have.
             NotifyMode::Ioeventfd => {
