@@ -3,6 +3,8 @@
 //! The modules follow the trap path: `kvm` (VM, vCPUs, exit dispatch) → `bus` (PIO and MMIO
 //! address spaces) → `devices` (legacy devices), with `arch` (x86_64 boot), `guest` (the
 //! built-in guest image), `console` and `vmm` (putting a VM together) beside them.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
 pub mod arch;
 pub mod bus;

@@ -467,9 +467,8 @@ impl StopSignals {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(StopSignals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(StopSignals { fd })
     }
 
     /// Reads one pending signal; returns its number (0 if none).

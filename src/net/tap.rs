@@ -151,6 +151,37 @@ impl Tap {
         Ok(())
     }
 
+    /// Attaches (`true`) or detaches (`false`) this queue of a multi-queue TAP (TUNSETQUEUE).
+    /// The kernel steers no frames to a detached queue, and the fd then reads, writes and
+    /// polls as `EBADFD`/`EPOLLERR` until attached again. Asking for the state the queue is
+    /// already in, or any change on a single-queue TAP, does nothing.
+    pub fn set_queue_enabled(&self, enabled: bool) -> Result<(), TapError> {
+        if !self.multi_queue {
+            return Ok(());
+        }
+        let mut req = ifreq_for("");
+        let flags = if enabled {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
+        // SAFETY: TUNSETQUEUE reads one struct ifreq, which `req` is.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETQUEUE, &mut req) } < 0 {
+            let err = io::Error::last_os_error();
+            // EINVAL: attaching an attached queue, or detaching a detached one.
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                return Ok(());
+            }
+            return Err(TapError::Ioctl {
+                name: self.name.clone(),
+                op: "TUNSETQUEUE",
+                err,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads one frame (header first) into `bufs`. `Ok(None)`: no frame is waiting.
     pub fn readv(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<Option<usize>> {
         // SAFETY: IoSliceMut is ABI-compatible with iovec on Unix, and each one borrows a
@@ -675,10 +706,8 @@ mod tests {
     fn eagain_is_none() {
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into the array we pass.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         let mut buf = [0u8; 4];
         let r = retry(|| {
             // SAFETY: reads into `buf`, which is alive and 4 bytes long.
