@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 pub mod queue;
 pub mod rng;
@@ -124,6 +125,17 @@ pub trait VirtioDevice: Send {
     /// Device-specific counters for maps and statistics ("requests=3 bytes=96").
     fn describe(&self) -> String {
         String::new()
+    }
+    /// The same counters, named, for the API ("tx0.frames", 12).
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+    /// notify=ioeventfd: a device whose own threads wait on its queues' kicks takes copies of
+    /// the queues' eventfds here (one per queue, in order) and returns true; the event loop
+    /// then does not watch them. The default (false) leaves them to the event loop, which
+    /// calls `process_queue`.
+    fn take_notify_events(&mut self, _events: &[EventFd]) -> bool {
+        false
     }
 }
 
