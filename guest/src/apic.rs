@@ -17,6 +17,7 @@ const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
 const REG_TIMER_DIVIDE: u32 = 0x3e0;
 const REG_LVT_PERF: u32 = 0x340;
 const REG_LVT_LINT0: u32 = 0x350;
@@ -119,6 +120,31 @@ pub fn timer_periodic(vector: u8, period_us: u32) {
     write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | u32::from(vector));
     write(REG_TIMER_INITIAL, count as u32);
 }
+
+/// Starts the local APIC timer in one-shot mode: `vector` once, after `us` microseconds (at
+/// the assumed 1 GHz bus clock).
+pub fn timer_oneshot(vector: u8, us: u32) {
+    let count = (u64::from(us) * APIC_BUS_KHZ / 1000 / 16).clamp(1, u64::from(u32::MAX));
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    write(REG_LVT_TIMER, u32::from(vector));
+    write(REG_TIMER_INITIAL, count as u32);
+}
+
+/// Starts the timer counting down from `count`, masked (no interrupt), one-shot: for reading
+/// [`timer_count`] against another clock. One count is 16 bus cycles (16 ns at 1 GHz).
+pub fn timer_start_masked(count: u32) {
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    write(REG_LVT_TIMER, LVT_MASKED);
+    write(REG_TIMER_INITIAL, count);
+}
+
+/// The timer's current count.
+pub fn timer_count() -> u32 {
+    read(REG_TIMER_CURRENT)
+}
+
+/// Nanoseconds per timer count at the assumed bus clock and divide-by-16.
+pub const TIMER_COUNT_NS: u64 = 16 * 1_000_000 / APIC_BUS_KHZ;
 
 /// Stops and masks the local APIC timer.
 pub fn timer_stop() {

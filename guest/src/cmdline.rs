@@ -33,6 +33,8 @@ pub enum Command {
     Exit(u32),
     /// `fail`: FAIL on purpose.
     Fail,
+    /// `net.*`: virtio-net and the IPv4 stack (see `net`).
+    Net(crate::net::NetCommand),
 }
 
 /// Why a word is not a command.
@@ -58,6 +60,9 @@ fn number(s: &str) -> Option<u32> {
 
 /// Parses one word.
 pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
+    if word.starts_with("net.") {
+        return crate::net::parse(word).map(Command::Net);
+    }
     let (name, value) = match word.split_once('=') {
         Some((n, v)) => (n, Some(v)),
         None => (word, None),

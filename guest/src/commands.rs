@@ -19,6 +19,7 @@ pub fn run_all(info: &BootInfo) -> ! {
     };
     for word in cmdline::words(line) {
         match cmdline::parse(word) {
+            Ok(Command::Net(n)) => crate::net::configure(&n),
             Ok(_) => {}
             Err(ParseError::Unknown(w)) => {
                 println!("unknown command: {}", w);
@@ -59,6 +60,7 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
             testdev::exit(code)
         }
         Command::Fail => crate::fail!("fail requested on the command line"),
+        Command::Net(n) => crate::net::run(n, info),
     }
 }
 

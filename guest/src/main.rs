@@ -17,6 +17,7 @@ mod drivers;
 mod gdt;
 mod idt;
 mod msix;
+mod net;
 mod paging;
 mod pci;
 mod pvh;
@@ -44,5 +45,9 @@ extern "C" fn rust_main(start_info_paddr: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    if user::at_cpl3() {
+        // No port I/O at CPL3: the message goes through the task's log.
+        user::panic_at_cpl3(info)
+    }
     testdev::fail_unlocked(format_args!("panic: {}", info))
 }

@@ -45,6 +45,8 @@ pub struct BootInfo {
     pub memmap_entries: u32,
     /// Usable RAM in bytes, from the memory map (0 when there is none).
     pub ram_bytes: u64,
+    /// The end of the highest RAM range of the memory map (0 when there is none).
+    pub ram_top: u64,
     cmdline: [u8; CMDLINE_MAX],
     cmdline_len: usize,
 }
@@ -62,6 +64,7 @@ static BOOT_INFO: Global<BootInfo> = Global::new(BootInfo {
     rsdp_paddr: 0,
     memmap_entries: 0,
     ram_bytes: 0,
+    ram_top: 0,
     cmdline: [0; CMDLINE_MAX],
     cmdline_len: 0,
 });
@@ -108,6 +111,7 @@ pub fn read(paddr: u64) -> Result<&'static BootInfo, &'static str> {
             let e = unsafe { core::ptr::read_unaligned(at as *const MemmapEntry) };
             if e.kind == E820_RAM {
                 info.ram_bytes += e.size;
+                info.ram_top = info.ram_top.max(e.addr.saturating_add(e.size));
             }
         }
     }

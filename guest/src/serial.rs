@@ -79,6 +79,15 @@ pub fn print_line(args: fmt::Arguments) {
     com.put(b'\n');
 }
 
+/// Prints `bytes` and a newline under the lock, without formatting (cheaper at emulated CPL0).
+pub fn print_bytes_line(bytes: &[u8]) {
+    let mut com = SERIAL.lock();
+    for &b in bytes {
+        com.put(b);
+    }
+    com.put(b'\n');
+}
+
 /// Prints one line without the lock: for the fatal path (exceptions, panics), which may run
 /// while this CPU already holds it.
 pub fn print_line_unlocked(args: fmt::Arguments) {

@@ -1,2 +1,3 @@
 //! Device drivers built on `pci` and `virtio`.
+pub mod net;
 pub mod rng;

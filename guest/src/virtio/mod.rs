@@ -142,13 +142,16 @@ pub fn print_cap(bdf: Bdf, at: u16) {
     }
 }
 
-/// A modern virtio-pci device, its structures mapped. (The ISR and device-specific structures
-/// are checked and mapped too, but not kept: no driver needs them yet.)
+/// A modern virtio-pci device, its structures mapped. (The ISR structure is checked and mapped
+/// too, but not kept: MSI-X drivers never read it.)
 pub struct Transport {
     common: u64,
     notify: u64,
     notify_len: u32,
     notify_multiplier: u32,
+    /// The device-specific configuration (0 and 0 when the device has none).
+    device: u64,
+    device_len: u32,
 }
 
 /// The address of `region` in `f`'s BARs, mapped uncached; `min_len`: what the driver needs.
@@ -189,15 +192,36 @@ impl Transport {
         let notify = notify.ok_or("no virtio notify capability")?;
         let isr: Cap = isr.ok_or("no virtio ISR capability")?;
         locate(f, isr.region, 1)?;
-        if let Some(d) = device {
-            locate(f, d.region, 0)?;
-        }
+        let (device, device_len) = match device {
+            Some(d) => (locate(f, d.region, 0)?, d.region.length),
+            None => (0, 0),
+        };
         Ok(Transport {
             common: locate(f, common.region, COMMON_CFG_LEN)?,
             notify: locate(f, notify.region, 2)?,
             notify_len: notify.region.length,
             notify_multiplier: notify.notify_multiplier,
+            device,
+            device_len,
         })
+    }
+
+    /// A byte of the device-specific configuration (None beyond it, or without one).
+    pub fn device_read8(&self, off: u32) -> Option<u8> {
+        if self.device == 0 || off >= self.device_len {
+            return None;
+        }
+        // SAFETY: inside the device-specific structure, mapped uncached by `new`.
+        Some(unsafe { cpu::mmio_read8(self.device + u64::from(off)) })
+    }
+
+    /// A 16-bit field of the device-specific configuration (little-endian, `off` even).
+    pub fn device_read16(&self, off: u32) -> Option<u16> {
+        if self.device == 0 || !off.is_multiple_of(2) || off + 2 > self.device_len {
+            return None;
+        }
+        // SAFETY: as in `device_read8`; aligned.
+        Some(unsafe { cpu::mmio_read16(self.device + u64::from(off)) })
     }
 
     fn read8(&self, off: u64) -> u8 {
