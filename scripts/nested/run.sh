@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# The nested harness (issue #9): boots one L1 (Debian's kernel under QEMU TCG, which emulates
+# AMD SVM, so L1 has a real /dev/kvm) and runs the scenarios of scripts/nested/scenarios.sh in it,
+# one after the other; then judges each one.
+#
+#   scripts/nested/run.sh [--out DIR] [--trapvisor PATH] [--only ERE] [--all] [--timeout S]
+#                         [--scenarios FILE] [--list]
+#
+#   --out DIR        results directory (default .cache/nested/results); emptied first
+#   --trapvisor P    the binary to test (default target/release/trapvisor); copied into DIR
+#   --only ERE       run only the scenarios whose name matches (slow ones included)
+#   --all            run the slow scenarios too (by default they are left out)
+#   --scenarios F    the scenario file (default scripts/nested/scenarios.sh)
+#   --l1-memory MB   L1's RAM (default 4608: room for an L2 with RAM above 4 GiB)
+#   --timeout S      bound on the whole L1 run (default: 120 + the scenarios' own limits)
+#   --list           print the scenario names and exit
+#
+# One run at a time: a second one waits for the first (a lock on .cache/nested/.lock). Stopping
+# this script, or the death of the process that started it, stops QEMU.
+#
+# Results: DIR/NAME/{console,stderr,rc,secs,verdict} for each scenario, DIR/summary.tsv
+# (name, PASS/FAIL/XFAIL/XPASS, exit status, seconds, reason), DIR/l1-console.log, DIR/times
+# (l1_kvm_ready_s, l1_total_s, qemu_exit), DIR/dmesg-diff-*.txt. Exit status 0 when no
+# scenario FAILed (XFAIL: a known failure, marked in the scenario file), 1 when one did, 2 when
+# the harness itself could not run (kit, QEMU, L1 boot).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+here="$root/scripts/nested"
+
+out="$root/.cache/nested/results"
+tv="$root/target/release/trapvisor"
+only=
+l1_mem=4608
+all=0
+scenarios="$here/scenarios.sh"
+total_timeout=
+list=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --out) out=$2; shift 2 ;;
+    --trapvisor) tv=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --all) all=1; shift ;;
+    --l1-memory) l1_mem=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    --timeout) total_timeout=$2; shift 2 ;;
+    --list) list=1; shift ;;
+    -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+die() {
+    echo "nested: $*" >&2
+    exit 2
+}
+say() {
+    echo "nested: $*" >&2 || true
+}
+
+# One L1 at a time on this machine (and one user of the results directory).
+mkdir -p "$root/.cache/nested"
+exec 9>"$root/.cache/nested/.lock"
+if ! flock -n 9; then
+    say "another nested run holds .cache/nested/.lock; waiting for it"
+    flock 9
+fi
+
+# --- the scenario list -------------------------------------------------------------------------
+names=()
+declare -A timeout_of cmd_of rc_of checks_of slow_of xfail_of
+scenario() {
+    local name=$1 t=$2 slow=0
+    shift 2
+    [ "$1" != --slow ] || { slow=1; shift; }
+    [ "$1" = -- ] && shift
+    [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "bad scenario name '$name'"
+    [ -z "${timeout_of[$name]+x}" ] || die "scenario '$name' defined twice"
+    names+=("$name")
+    timeout_of[$name]=$t
+    cmd_of[$name]=$(printf '%q ' "$@")
+    rc_of[$name]=0
+    checks_of[$name]=
+    slow_of[$name]=$slow
+    xfail_of[$name]=
+}
+# A known failure: its failing checks give XFAIL (not a failure of the run), passing ones XPASS.
+xfail() {
+    xfail_of[$1]=$2
+}
+expect_rc() {
+    rc_of[$1]=$2
+}
+# Checks are stored one a line: "+|-<TAB>label<TAB>regex".
+expect() {
+    checks_of[$1]+=$(printf '+\t%s\t%s' "$2" "$3")$'\n'
+}
+expect_not() {
+    checks_of[$1]+=$(printf -- '-\t%s\t%s' "$2" "$3")$'\n'
+}
+
+KIT="$root/.cache/nested/kit"
+QEMU=$(command -v qemu-system-x86_64 || echo /usr/bin/qemu-system-x86_64)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+TRAPVISOR="$out/bin/trapvisor"
+[ -f "$scenarios" ] || die "no scenario file $scenarios"
+# shellcheck source=scenarios.sh
+source "$scenarios"
+
+selected=()
+for n in "${names[@]}"; do
+    if [ -n "$only" ]; then
+        [[ "$n" =~ $only ]] && selected+=("$n")
+    elif [ "$all" = 1 ] || [ "${slow_of[$n]}" = 0 ]; then
+        selected+=("$n")
+    fi
+done
+if [ "$list" = 1 ]; then
+    printf '%s\n' "${selected[@]}"
+    exit 0
+fi
+[ "${#selected[@]}" -gt 0 ] || die "no scenario matches '$only'"
+
+# --- kit, binary, job ----------------------------------------------------------------------------
+[ -x "$tv" ] || die "no trapvisor binary at $tv (cargo build --release, or --trapvisor PATH)"
+kit=$(bash "$here/guest-kit.sh") || die "the guest kit could not be built"
+[ "$kit" = "$KIT" ] || die "the kit is at $kit, not $KIT"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed"
+kernel="$KIT/vmlinuz"
+
+# The results directory is also L1's job directory (virtfs tag 'job', read-write); L1 mounts it
+# at the same path. Empty it, keeping nothing from an earlier run.
+find "$out" -mindepth 1 -delete
+mkdir -p "$out/bin"
+cp "$tv" "$TRAPVISOR"
+{
+    cat <<'JOB'
+#!/bin/sh
+# Generated by scripts/nested/run.sh; run by L1 inside the host root: sh job.sh JOBDIR
+J=$1
+cd "$J" || exit 1
+run_one() {
+    n=$1; t=$2; shift 2
+    mkdir -p "$J/$n"
+    echo "L1: scenario $n start"
+    s=$(date +%s.%N)
+    timeout -k 10 "$t" "$@" >"$J/$n/console" 2>"$J/$n/stderr" </dev/null
+    rc=$?
+    e=$(date +%s.%N)
+    secs=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }')
+    echo "$secs" >"$J/$n/secs"
+    echo "$rc" >"$J/$n/rc"
+    echo "L1: scenario $n rc=$rc secs=$secs"
+}
+JOB
+    for n in "${selected[@]}"; do
+        echo "run_one $n ${timeout_of[$n]} ${cmd_of[$n]}"
+    done
+    echo 'sync'
+} >"$out/job.sh"
+
+# Bound on the whole run: L1 boot, and every scenario's limit plus its kill grace.
+if [ -z "$total_timeout" ]; then
+    total_timeout=120
+    for n in "${selected[@]}"; do
+        total_timeout=$((total_timeout + timeout_of[$n] + 10))
+    done
+fi
+
+# --- L1 ------------------------------------------------------------------------------------------
+# TCG with one thread per vCPU and a large translation cache; 'max' has SVM with nested paging.
+# shellcheck disable=SC2054 # the commas are QEMU's
+qemu=(nice -n 5 qemu-system-x86_64
+    -accel tcg,thread=multi,tb-size=512 -cpu max -smp 2 -m "$l1_mem" -machine q35
+    -display none -monitor none -serial stdio -no-reboot -nodefaults
+    -kernel "$kernel" -initrd "$KIT/l1.cpio.gz"
+    -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out"
+    -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+    -virtfs "local,path=$out,mount_tag=job,security_model=none")
+say "L1: ${#selected[@]} scenario(s), limit ${total_timeout}s: ${selected[*]}"
+start=$EPOCHREALTIME
+kvm_ready=
+l1_rc=0
+: >"$out/l1-console.log"
+timeout -k 10 "$total_timeout" "${qemu[@]}" </dev/null >>"$out/l1-console.log" 2>&1 &
+qpid=$!
+# Never leave L1 running: not when this script is stopped, nor when whoever started it is gone
+# (a killed 'cargo test', say).
+trap 'kill "$qpid" 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM HUP
+trap '' PIPE
+me=$$
+parent=$PPID
+(
+    while kill -0 "$qpid" 2>/dev/null; do
+        if ! kill -0 "$me" 2>/dev/null || ! kill -0 "$parent" 2>/dev/null; then
+            kill "$qpid" 2>/dev/null
+            break
+        fi
+        sleep 2
+    done
+) </dev/null >/dev/null 2>&1 &
+# L1's own progress lines to stderr, with the time since QEMU started.
+while IFS= read -r line; do
+    line=${line%$'\r'}
+    case "$line" in
+    L1:*)
+        t=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }')
+        say "[$t s] $line"
+        case "$line" in
+        "L1: kvm ready"*) kvm_ready=$t ;;
+        esac
+        ;;
+    esac
+done < <(tail -n +1 -f --pid="$qpid" "$out/l1-console.log" 2>/dev/null)
+qemu_rc=0
+wait "$qpid" || qemu_rc=$?
+total=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }')
+{
+    echo "l1_kvm_ready_s ${kvm_ready:-none}"
+    echo "l1_total_s $total"
+    echo "qemu_exit ${qemu_rc:-?}"
+} >"$out/times"
+say "L1 finished after ${total}s (qemu exit ${qemu_rc:-?}, /dev/kvm ready at ${kvm_ready:-never}s)"
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+    say "L1 ran past its ${total_timeout}s limit and was killed"
+fi
+grep -q '^L1: kvm ready' "$out/l1-console.log" || {
+    say "L1 never had /dev/kvm; its console:"
+    tail -n 40 "$out/l1-console.log" >&2 || true
+    l1_rc=2
+}
+
+# --- verdicts --------------------------------------------------------------------------------------
+failed=0
+printf 'scenario\tverdict\trc\tsecs\treason\n' >"$out/summary.tsv"
+for n in "${selected[@]}"; do
+    d="$out/$n"
+    reasons=()
+    rc=$(cat "$d/rc" 2>/dev/null || true)
+    secs=$(cat "$d/secs" 2>/dev/null || echo -)
+    if [ -z "$rc" ]; then
+        reasons+=("did not finish (L1 stopped first)")
+        rc=-
+    else
+        [ "$rc" != 124 ] && [ "$rc" != 137 ] || reasons+=("timed out after ${timeout_of[$n]}s")
+        [ "$rc" = "${rc_of[$n]}" ] || reasons+=("exit status $rc, expected ${rc_of[$n]}")
+        while IFS=$'\t' read -r sign label re; do
+            [ -n "$sign" ] || continue
+            if cat "$d/console" "$d/stderr" 2>/dev/null | tr -d '\r' | grep -qE -- "$re"; then
+                [ "$sign" = + ] || reasons+=("$label: found /$re/")
+            else
+                [ "$sign" = - ] || reasons+=("$label: no line matches /$re/")
+            fi
+        done <<<"${checks_of[$n]}"
+    fi
+    why=$(IFS=';'; echo "${reasons[*]}")
+    if [ -n "${xfail_of[$n]}" ]; then
+        if [ "${#reasons[@]}" -eq 0 ]; then
+            verdict=XPASS
+            why="known failure passed, drop its xfail line: ${xfail_of[$n]}"
+        else
+            verdict=XFAIL
+            why="known failure (${xfail_of[$n]}): $why"
+        fi
+    elif [ "${#reasons[@]}" -eq 0 ]; then
+        verdict=PASS
+    else
+        verdict=FAIL
+        failed=$((failed + 1))
+    fi
+    echo "$verdict${why:+: $why}" >"$d/verdict" 2>/dev/null || true
+    printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$verdict" "$rc" "$secs" "$why" >>"$out/summary.tsv"
+done
+
+# Reports that compare scenarios (informational, no verdict): the L2 kernel log under trapvisor
+# against the one under QEMU (warnings only, and with --all the whole log).
+for pair in l2-dmesg:dmesg-diff-warn.txt l2-dmesg-full:dmesg-diff-full.txt; do
+    p=${pair%%:*}
+    if [ -s "$out/$p-trapvisor/console" ] && [ -s "$out/$p-qemu/console" ]; then
+        bash "$here/dmesg-diff.sh" "$out/$p-trapvisor/console" "$out/$p-qemu/console" \
+            >"$out/${pair#*:}" 2>&1 || true
+    fi
+done
+
+column -t -s $'\t' "$out/summary.tsv" >&2 2>/dev/null || cat "$out/summary.tsv" >&2 || true
+say "L1 /dev/kvm ready ${kvm_ready:-never}s, whole run ${total}s, $failed of ${#selected[@]} failed; results in $out"
+[ "$l1_rc" = 0 ] || exit 2
+[ "$failed" -eq 0 ] || exit 1
+exit 0
