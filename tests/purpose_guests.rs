@@ -92,6 +92,16 @@ fn real_mode_string_io_and_port_reads() {
 }
 
 #[test]
+fn a_jump_to_the_bios_reset_entry_resets() {
+    // What Linux's "BIOS" reboot method does at the end: real mode, ljmp f000:fff0.
+    let code = [0xea, 0xf0, 0xff, 0x00, 0xf0];
+    let capture = Capture::default();
+    let mut vmm = Vmm::new(real_mode(&code, &capture)).unwrap();
+    let result = vmm.run(None, false).unwrap();
+    assert_eq!(result.reason, StopReason::Reset);
+}
+
+#[test]
 fn builtin_guest_long_mode_loops_count_every_exit() {
     let capture = Capture::default();
     let mut cfg = VmConfig::builtin("pio-loop=50 mmio-loop=25");

@@ -10,6 +10,11 @@ pub const CMD_OFFSET: u64 = 4;
 const STATUS_OUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_CMD_DATA: u8 = 0x08;
+/// Keyboard not inhibited (no "keylock").
+const STATUS_UNLOCKED: u8 = 0x10;
+/// Controller configuration: keyboard and aux clocks disabled.
+const CTR_KBD_DISABLED: u8 = 0x10;
+const CTR_AUX_DISABLED: u8 = 0x20;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
@@ -38,7 +43,7 @@ pub struct I8042 {
 impl Default for I8042 {
     fn default() -> Self {
         I8042 {
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             ctr: 0x47,
             outp: 0x01,
             pending: None,
@@ -62,7 +67,11 @@ impl I8042 {
             CMD_TEST_KBD | CMD_TEST_AUX => self.push(0x00),
             CMD_READ_OUTP => self.push(self.outp),
             CMD_RESET_CPU => return DeviceEvent::Reset,
-            CMD_DISABLE_AUX | CMD_ENABLE_AUX | CMD_DISABLE_KBD | CMD_ENABLE_KBD => {}
+            // Linux checks that these show in the configuration byte.
+            CMD_DISABLE_AUX => self.ctr |= CTR_AUX_DISABLED,
+            CMD_ENABLE_AUX => self.ctr &= !CTR_AUX_DISABLED,
+            CMD_DISABLE_KBD => self.ctr |= CTR_KBD_DISABLED,
+            CMD_ENABLE_KBD => self.ctr &= !CTR_KBD_DISABLED,
             // Pulse-output-line commands 0xF0..=0xFF: bit 0 clear pulses reset.
             c if c >= 0xf0 && c & 1 == 0 => return DeviceEvent::Reset,
             _ => {}
@@ -169,5 +178,20 @@ mod tests {
         d.read(0, &mut empty);
         // An unknown command does nothing.
         assert_eq!(d.write(CMD_OFFSET, &[0x42]), DeviceEvent::None);
+    }
+
+    #[test]
+    fn not_keylocked_and_port_disables_show_in_the_ctr() {
+        let mut d = I8042::default();
+        assert_eq!(read(&mut d, CMD_OFFSET) & STATUS_UNLOCKED, STATUS_UNLOCKED);
+        d.write(CMD_OFFSET, &[CMD_DISABLE_AUX]);
+        d.write(CMD_OFFSET, &[CMD_DISABLE_KBD]);
+        d.write(CMD_OFFSET, &[CMD_READ_CTR]);
+        let ctr = read(&mut d, 0);
+        assert_eq!(ctr & (CTR_AUX_DISABLED | CTR_KBD_DISABLED), 0x30);
+        d.write(CMD_OFFSET, &[CMD_ENABLE_AUX]);
+        d.write(CMD_OFFSET, &[CMD_ENABLE_KBD]);
+        d.write(CMD_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(read(&mut d, 0) & 0x30, 0);
     }
 }

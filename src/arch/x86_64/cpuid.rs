@@ -192,6 +192,43 @@ pub fn filter_cpuid(
     Ok(())
 }
 
+/// Fills the processor brand string leaves (0x8000_0002..=0x8000_0004) with `brand` when KVM
+/// left them zero (it does: Linux then calls the CPU "AMD Hammer" or similar). `brand` is 48
+/// bytes of the string as CPUID returns it, NUL-padded.
+pub fn fill_brand(entries: &mut [kvm_cpuid_entry2], brand: &[u8; 48]) {
+    for (i, function) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        let Some(e) = entries.iter_mut().find(|e| e.function == function) else {
+            continue;
+        };
+        if (e.eax | e.ebx | e.ecx | e.edx) != 0 {
+            continue;
+        }
+        let word = |k: usize| {
+            let o = i * 16 + k * 4;
+            u32::from_le_bytes([brand[o], brand[o + 1], brand[o + 2], brand[o + 3]])
+        };
+        (e.eax, e.ebx, e.ecx, e.edx) = (word(0), word(1), word(2), word(3));
+    }
+}
+
+/// The host CPU's brand string, as the brand leaves return it (zeros when it has none).
+fn host_brand() -> [u8; 48] {
+    let mut b = [0u8; 48];
+    // SAFETY: CPUID is available on every x86_64 CPU; the leaves asked for are only read.
+    let max = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    if max < 0x8000_0004 {
+        return b;
+    }
+    for (i, function) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        // SAFETY: as above; `max` says the leaf exists.
+        let r = unsafe { std::arch::x86_64::__cpuid(function) };
+        for (k, w) in [r.eax, r.ebx, r.ecx, r.edx].into_iter().enumerate() {
+            b[i * 16 + k * 4..i * 16 + k * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    b
+}
+
 /// KVM's supported CPUID filtered for vCPU `id`, set on `vcpu`.
 pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8, nr_cpus: u8) -> Result<(), ArchError> {
     let supported = kvm
@@ -199,6 +236,7 @@ pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8, nr_cpus: u8) -> Result<(), Ar
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut entries = supported.as_slice().to_vec();
     filter_cpuid(&mut entries, id, nr_cpus)?;
+    fill_brand(&mut entries, &host_brand());
     let cpuid =
         CpuId::from_entries(&entries).map_err(|_| ArchError::CpuidTooLarge(entries.len()))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))
@@ -378,5 +416,24 @@ mod tests {
             [1u8, 2, 3, 4, 5, 8, 9, 255].map(bits_for),
             [0, 1, 2, 2, 3, 3, 4, 8]
         );
+    }
+
+    #[test]
+    fn brand_string_fills_only_empty_leaves() {
+        let mut brand = [0u8; 48];
+        brand[..21].copy_from_slice(b"trapvisor virtual CPU");
+        let mut e: Vec<kvm_cpuid_entry2> = (0x8000_0002u32..=0x8000_0004)
+            .map(|function| kvm_cpuid_entry2 {
+                function,
+                ..Default::default()
+            })
+            .collect();
+        e[2].eax = 7; // KVM gave this one: keep it
+        fill_brand(&mut e, &brand);
+        assert_eq!(e[0].eax.to_le_bytes(), *b"trap");
+        assert_eq!(e[0].edx.to_le_bytes(), *b"rtua");
+        assert_eq!(e[1].eax.to_le_bytes(), *b"l CP");
+        assert_eq!(e[2].eax, 7);
+        assert_eq!(e[2].ebx, 0);
     }
 }

@@ -165,6 +165,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
             loader::check_real_mode(mem, image, load_addr)?;
             if acpi::fits_in(mem) {
                 acpi::write_tables(mem, nr_cpus, mem_size)?;
+                write_reset_vector(mem)?;
             } else {
                 log::debug!("guest RAM ends below the ACPI tables; real-mode guest gets none");
             }
@@ -218,6 +219,7 @@ fn finish_load(
         None => None,
     };
     acpi::write_tables(mem, nr_cpus, mem_size)?;
+    write_reset_vector(mem)?;
     match kernel.entry {
         BootEntry::Linux64 { .. } => {
             let params = bootparams::build_boot_params(
@@ -232,6 +234,37 @@ fn finish_load(
         BootEntry::RealMode { .. } => unreachable!("real-mode images are not loaded here"),
     }
     Ok(kernel.entry)
+}
+
+/// Where a real-mode `ljmp $0xf000,$0xfff0` lands: the BIOS reset entry.
+pub const RESET_VECTOR: u64 = 0xffff0;
+
+/// The code at the BIOS reset entry: there is no BIOS, so it asks for a reset through the ACPI
+/// reset register. Linux's default reboot on a hardware-reduced platform without EFI ends with
+/// a jump here (its "BIOS" method); without this it would hang.
+pub fn reset_vector_code() -> [u8; 10] {
+    let [lo, hi] = layout::ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba,
+        lo,
+        hi, // mov dx, ACPI_RESET_PORT
+        0xb0,
+        crate::devices::acpi_pm::RESET_VALUE, // mov al, RESET_VALUE
+        0xee,                                 // out dx, al
+        0xf4,                                 // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+        0x90,
+    ]
+}
+
+fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
+    use vm_memory::Bytes;
+    mem.write_slice(&reset_vector_code(), GuestAddress(RESET_VECTOR))
+        .map_err(|err| ArchError::GuestMemory {
+            what: "the reset vector",
+            err,
+        })
 }
 
 /// Sets CPUID, MSRs, FPU and LAPIC LINT pins for vCPU `id` of `nr_cpus`; for the boot vCPU

@@ -267,7 +267,7 @@ pub fn boot_msrs() -> [(u32, u64); 11] {
     ]
 }
 
-/// Sets the boot MSRs that KVM lists as supported. An MSR KVM then refuses is skipped with a
+/// Sets the boot MSRs that KVM lists as supported (and the MTRR default type). An MSR KVM then refuses is skipped with a
 /// warning rather than failing the boot.
 pub fn setup_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<(), ArchError> {
     let supported = kvm
@@ -277,7 +277,9 @@ pub fn setup_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<(), ArchError> {
     let mut entries: Vec<kvm_msr_entry> = boot_msrs()
         .into_iter()
         .filter(|(index, _)| {
-            let ok = supported.contains(index);
+            // KVM always emulates the MTRRs but leaves them out of the index list; without
+            // MTRRdefType Linux finds "MTRRs disabled" and skips PAT.
+            let ok = supported.contains(index) || *index == MSR_MTRR_DEF_TYPE;
             if !ok {
                 log::debug!("MSR {index:#x} is not supported by KVM; not set");
             }
