@@ -92,14 +92,13 @@ expect l2-panic-sysrq reset 'guest requested a reset'
 
 # A panic with the kernel's default reboot method. Known to hang: with a hardware-reduced FADT
 # and no EFI, Linux (arch/x86/kernel/reboot.c: reboot_init) picks BOOT_EFI, finds no EFI runtime,
-# falls back to BOOT_BIOS, i.e. a jump to the reset vector f000:fff0 in real mode, where trapvisor
-# has no firmware; the vCPU never exits. "reboot -f" without reboot= hangs the same way.
+# falls back to BOOT_BIOS, i.e. a jump to the reset vector f000:fff0 in real mode. trapvisor has
+# no firmware, but puts a stub there that resets through the ACPI reset register.
 scenario l2-panic-default-reboot 40 -- "$TRAPVISOR" run --kernel "$KIT/vmlinuz" "${l2[@]}" \
     --cmdline "$l2_cmdline l2.end=exit"
 expect_rc l2-panic-default-reboot 0
 expect l2-panic-default-reboot panic 'Kernel panic - not syncing'
 expect l2-panic-default-reboot reset 'guest requested a reset'
-xfail l2-panic-default-reboot "default reboot method jumps to f000:fff0; trapvisor has nothing there"
 
 # --- the same L2 under trapvisor and under QEMU/KVM (q35, -cpu host) in the same L1 ---------------
 # The kernel's warnings and errors of each; scripts/nested/dmesg-diff.sh compares them into
