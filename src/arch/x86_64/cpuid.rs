@@ -214,14 +214,12 @@ pub fn fill_brand(entries: &mut [kvm_cpuid_entry2], brand: &[u8; 48]) {
 /// The host CPU's brand string, as the brand leaves return it (zeros when it has none).
 fn host_brand() -> [u8; 48] {
     let mut b = [0u8; 48];
-    // SAFETY: CPUID is available on every x86_64 CPU; the leaves asked for are only read.
-    let max = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
     if max < 0x8000_0004 {
         return b;
     }
     for (i, function) in (0x8000_0002u32..=0x8000_0004).enumerate() {
-        // SAFETY: as above; `max` says the leaf exists.
-        let r = unsafe { std::arch::x86_64::__cpuid(function) };
+        let r = std::arch::x86_64::__cpuid(function);
         for (k, w) in [r.eax, r.ebx, r.ecx, r.edx].into_iter().enumerate() {
             b[i * 16 + k * 4..i * 16 + k * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
