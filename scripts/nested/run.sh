@@ -100,11 +100,15 @@ expect_not() {
     checks_of[$1]+=$(printf -- '-\t%s\t%s' "$2" "$3")$'\n'
 }
 
-KIT="$root/.cache/nested/kit"
+HOSTKIT="$root/.cache/nested/kit"
 QEMU=$(command -v qemu-system-x86_64 || echo /usr/bin/qemu-system-x86_64)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 TRAPVISOR="$out/bin/trapvisor"
+# What the scenarios boot, as L1 sees it: a copy of the kit inside the job directory. The host's
+# root reaches L1 over 9p, but L1 puts a tmpfs on /tmp, so a checkout under /tmp (as CI's can be)
+# is invisible there; the job directory is mounted at its own path and always is.
+KIT="$out/kit"
 [ -f "$scenarios" ] || die "no scenario file $scenarios"
 # shellcheck source=scenarios.sh
 source "$scenarios"
@@ -126,15 +130,20 @@ fi
 # --- kit, binary, job ----------------------------------------------------------------------------
 [ -x "$tv" ] || die "no trapvisor binary at $tv (cargo build --release, or --trapvisor PATH)"
 kit=$(bash "$here/guest-kit.sh") || die "the guest kit could not be built"
-[ "$kit" = "$KIT" ] || die "the kit is at $kit, not $KIT"
+[ "$kit" = "$HOSTKIT" ] || die "the kit is at $kit, not $HOSTKIT"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed"
-kernel="$KIT/vmlinuz"
+kernel="$HOSTKIT/vmlinuz"
 
 # The results directory is also L1's job directory (virtfs tag 'job', read-write); L1 mounts it
 # at the same path. Empty it, keeping nothing from an earlier run.
 find "$out" -mindepth 1 -delete
-mkdir -p "$out/bin"
+mkdir -p "$out/bin" "$KIT"
 cp "$tv" "$TRAPVISOR"
+# Hard links where the filesystem allows (no copy of 70 MB), else copies; -L follows the kit's
+# links into .cache/kernel.
+for f in vmlinuz vmlinux l2.cpio.gz kver; do
+    cp -L -l "$HOSTKIT/$f" "$KIT/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$KIT/$f"
+done
 {
     cat <<'JOB'
 #!/bin/sh
@@ -175,7 +184,7 @@ fi
 qemu=(nice -n 5 qemu-system-x86_64
     -accel tcg,thread=multi,tb-size=512 -cpu max -smp 2 -m "$l1_mem" -machine q35
     -display none -monitor none -serial stdio -no-reboot -nodefaults
-    -kernel "$kernel" -initrd "$KIT/l1.cpio.gz"
+    -kernel "$kernel" -initrd "$HOSTKIT/l1.cpio.gz"
     -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
     -virtfs "local,path=$out,mount_tag=job,security_model=none")
