@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::net::NetConfig;
 use crate::virtio::rng::RngConfig;
 
 #[derive(Debug, Parser)]
@@ -80,6 +81,12 @@ pub struct RunArgs {
     /// (notify=ioeventfd,irq=irqfd).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<RngConfig>,
+    /// Add a virtio-net (PCI) on a TAP; repeat for more NICs. Options: tap=NAME (required;
+    /// attached if it exists, else created until trapvisor exits), mac=52:54:00:12:34:56
+    /// (default: derived from the name), queues=N (queue pairs, a TAP queue and a worker
+    /// thread each), notify=ioeventfd|exit, irq=irqfd|msi, offload=on|off.
+    #[arg(long, value_name = "tap=NAME[,OPTIONS]")]
+    pub net: Vec<NetConfig>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +304,57 @@ mod tests {
                 .notify,
             NotifyMode::Ioeventfd
         );
+    }
+
+    fn net_of(args: &[&str]) -> Vec<NetConfig> {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        a.net
+    }
+
+    #[test]
+    fn net_option() {
+        use crate::virtio::NotifyMode;
+        assert!(net_of(&["trapvisor", "run"]).is_empty());
+        let nets = net_of(&[
+            "trapvisor",
+            "run",
+            "--net",
+            "tap=tv0",
+            "--net=tap=tv1,queues=2,notify=exit,offload=off,mac=52:54:00:00:00:01",
+        ]);
+        assert_eq!(nets.len(), 2);
+        assert_eq!(nets[0], NetConfig::new("tv0"));
+        assert_eq!(nets[0].mac(), crate::net::tap::mac_from_name("tv0"));
+        assert_eq!(
+            (nets[1].tap.as_str(), nets[1].queues, nets[1].offload),
+            ("tv1", 2, false)
+        );
+        assert_eq!(nets[1].transport.notify, NotifyMode::Exit);
+        assert_eq!(nets[1].mac(), [0x52, 0x54, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn bad_net_options_are_refused() {
+        for bad in [
+            "",
+            "queues=2",
+            "tap=tv0123456789abcd",
+            "tap=tv0,queues=0",
+            "tap=tv0,queues=1000",
+            "tap=tv0,mac=ff:ff:ff:ff:ff:ff",
+            "tap=tv0,notify=fast",
+            "tap=tv0,irq=intx",
+            "tap=tv0,offload=yes",
+            "tap=tv0,bogus=1",
+        ] {
+            let r = Cli::try_parse_from(["trapvisor", "run", "--net", bad]);
+            assert!(r.is_err(), "--net {bad} parsed");
+        }
+        // --net needs a value.
+        assert!(Cli::try_parse_from(["trapvisor", "run", "--net"]).is_err());
     }
 
     #[test]

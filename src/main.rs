@@ -80,6 +80,7 @@ fn run(args: RunArgs) -> ExitCode {
         "kernel": args.kernel.as_ref().map_or("built-in".to_string(), |k| k.display().to_string()),
         "initrd": args.initrd.as_ref().map(|p| p.display().to_string()),
         "cmdline": args.cmdline,
+        "net": args.net.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
     });
     let cfg = VmConfig {
         kernel: args.kernel.map_or(Kernel::Builtin, Kernel::File),
@@ -89,6 +90,7 @@ fn run(args: RunArgs) -> ExitCode {
         cpus: args.cpus,
         console: Box::new(std::io::stdout()),
         rng: args.rng,
+        net: args.net,
     };
     let mut vmm = match Vmm::new(cfg) {
         Ok(v) => v,

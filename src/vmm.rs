@@ -13,6 +13,7 @@ use crate::devices::testdev::TestDev;
 use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
+use crate::net::{Net, NetConfig, NetError, NetHandle};
 use crate::pci::platform::{PciPlatform, PlatformError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
@@ -40,6 +41,8 @@ pub enum VmmError {
     Io { what: &'static str, err: io::Error },
     #[error(transparent)]
     Pci(#[from] PlatformError),
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
@@ -73,6 +76,8 @@ pub struct VmConfig {
     pub console: Box<dyn Write + Send>,
     /// A virtio-rng on PCI (`--rng`).
     pub rng: Option<RngConfig>,
+    /// virtio-net devices on PCI, one per TAP (`--net`).
+    pub net: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -86,6 +91,7 @@ impl VmConfig {
             cpus: 1,
             console: Box::new(io::stdout()),
             rng: None,
+            net: Vec::new(),
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct Vmm {
     /// PCI root, virtio devices and their event loop. Declared before `vm`: the devices hold
     /// the VM fd (irqfds, routes, ioeventfds) and go first.
     pci: PciPlatform,
+    /// The virtio-net devices' worker threads (started and joined with the VM).
+    nets: Vec<NetHandle>,
     vm: Vm,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -164,6 +172,13 @@ impl Vmm {
         if let Some(rng) = cfg.rng {
             pci.add_virtio(Box::new(Rng::new()), rng.transport)?;
         }
+        let mut nets = Vec::new();
+        for net in &cfg.net {
+            // Opens (or creates) the TAP now, while this thread may still open files.
+            let dev = Net::new(net)?;
+            nets.push(dev.handle());
+            pci.add_virtio(Box::new(dev), net.transport)?;
+        }
 
         let source = match (&cfg.kernel, kernel_file.as_mut()) {
             (Kernel::File(_), Some(f)) => KernelSource::File(f),
@@ -202,6 +217,7 @@ impl Vmm {
         }
         Ok(Vmm {
             pci,
+            nets,
             vm,
             pio,
             mmio,
@@ -226,6 +242,11 @@ impl Vmm {
     /// The PCI root and the virtio devices.
     pub fn pci(&self) -> &PciPlatform {
         &self.pci
+    }
+
+    /// The virtio-net devices (counters, workers).
+    pub fn nets(&self) -> &[NetHandle] {
+        &self.nets
     }
 
     pub fn pio_bus(&self) -> &Arc<Bus> {
@@ -337,6 +358,16 @@ impl Vmm {
             seccomp: self.seccomp,
             seccomp_selftest: self.seccomp_selftest,
         };
+        // virtio-net queue pairs run on worker threads of their own, made here (a vCPU thread
+        // may not create threads); they end with the VM and are joined after the vCPUs.
+        for (i, net) in self.nets.iter().enumerate() {
+            if let Err(e) = net.start(self.control.stop_evt(), self.seccomp) {
+                for started in &self.nets[..i] {
+                    started.stop();
+                }
+                return Err(e.into());
+            }
+        }
         // Device work (notify=ioeventfd kicks) runs on the event loop, started before any
         // vCPU can kick; it stops with the VM and is joined after the vCPUs.
         let (mode, control) = (self.seccomp, self.control.clone());
@@ -382,6 +413,9 @@ impl Vmm {
         }
         if let Some(d) = devices {
             d.join();
+        }
+        for net in &self.nets {
+            net.stop();
         }
         drop(stdin);
         Ok(RunResult {

@@ -39,6 +39,7 @@ fn real_mode(image: &[u8], capture: &Capture) -> VmConfig {
         cpus: 1,
         console: Box::new(capture.clone()),
         rng: None,
+        net: Vec::new(),
     }
 }
 

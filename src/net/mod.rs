@@ -1,6 +1,28 @@
-//! Host networking backends for virtio-net.
+//! Host networking for the guest: virtio-net over a TAP.
 //!
-//! [`tap`] opens a Linux TAP device through `/dev/net/tun` with the 12-byte virtio 1.x
-//! header in front of every frame, one non-blocking fd per queue, so a virtio-net device can
-//! move its descriptor chains to and from the host with one `readv`/`writev` each.
+//! * [`tap`]: a Linux TAP device through `/dev/net/tun` with the 12-byte virtio 1.x header in
+//!   front of every frame, one non-blocking fd per queue, so descriptor chains move to and from
+//!   the host with one `readv`/`writev` each.
+//! * [`device`]: the virtio-net device ([`Net`]): features, config space, queue roles, and the
+//!   worker threads ([`NetHandle`]). Its parts: [`chain`] (checking untrusted descriptor
+//!   chains), [`used`] (the used ring and interrupt suppression), [`header`] (the vnet header and its checks), `tx`, `rx`, `ctrl`
+//!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), [`counters`].
+//! * [`config`]: `--net tap=NAME,...`; [`backend`]: what a pair needs from its TAP queue.
+pub mod backend;
+pub mod chain;
+pub mod config;
+pub mod counters;
+mod ctrl;
+pub mod device;
+pub mod header;
+mod pair;
+mod rx;
 pub mod tap;
+mod tx;
+pub mod used;
+mod worker;
+
+pub use backend::NetBackend;
+pub use config::NetConfig;
+pub use counters::NetCounters;
+pub use device::{Net, NetError, NetHandle};

@@ -1,0 +1,154 @@
+//! One worker thread per queue pair: the "bottom half" of virtio-net.
+//!
+//! Each waits in `epoll_wait` on its pair's set: the pair's RX and TX kick eventfds (the
+//! queues' ioeventfds, with notify=ioeventfd; the control queue's goes to pair 0's worker, or
+//! to whichever worker's pair the negotiated layout puts it in), the pair's TAP fd (only while
+//! there is work for it, see `Pair::sync_poll`), the VM's stop eventfd (polled, never read),
+//! and its own wake eventfd. A kick runs the queue's handler on this thread; no exit, no
+//! event-loop hop.
+//!
+//! The threads are made when the VM starts (`NetHandle::start`, before any seccomp filter:
+//! a vCPU thread, which is where DRIVER_OK and resets happen, may not create threads), live
+//! across device resets (a reset takes the queues away from them under each pair's lock,
+//! so they hold nothing of the old driver once it returns), and end, joined, when the VM
+//! stops or the device is dropped. Each installs the Worker seccomp filter first.
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{NetError, Shared};
+use super::pair::{TOKEN_STOP, TOKEN_TAP, TOKEN_WAKE};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
+
+/// Starts one worker per pair; returns once each has its seccomp filter (or failed to).
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    stop: &EventFd,
+    mode: SeccompMode,
+) -> Result<Vec<Worker>, NetError> {
+    let (tx, rx) = mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::new();
+    let mut failure = None;
+    for p in 0..shared.pairs.len() {
+        let result = spawn_one(shared, p, stop, mode, tx.clone());
+        match result {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    for _ in 0..threads.len() {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(NetError::Seccomp(e))),
+            Err(_) => failure = failure.or(Some(NetError::Seccomp("a worker died".into()))),
+        }
+    }
+    match failure {
+        None => Ok(threads),
+        Some(e) => {
+            stop_all(shared, threads);
+            Err(e)
+        }
+    }
+}
+
+fn spawn_one(
+    shared: &Arc<Shared>,
+    p: usize,
+    stop: &EventFd,
+    mode: SeccompMode,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Result<Worker, NetError> {
+    let pair = &shared.pairs[p];
+    // Our own copy of the stop eventfd: valid for as long as the thread watches it.
+    let stop = stop.try_clone().map_err(NetError::EventFd)?;
+    pair.epoll
+        .ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        )
+        .map_err(NetError::Epoll)?;
+    let sh = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("net{p}-{}", shared.name))
+        .spawn(move || {
+            let filter = seccomp::install(ThreadKind::Worker, mode).map_err(|e| e.to_string());
+            let ok = filter.is_ok();
+            let _ = ready.send(filter);
+            if ok {
+                run(&sh, p);
+            }
+            let _ = sh.pairs[p].epoll.ctl(
+                ControlOperation::Delete,
+                stop.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            // Closed by the joining thread: closing may take syscalls the filter forbids
+            // (debug builds check the fd with fcntl).
+            stop
+        })
+        .map_err(NetError::Spawn)
+}
+
+/// A worker thread; joining it gives back its copy of the stop eventfd, to close.
+pub(crate) type Worker = JoinHandle<EventFd>;
+
+/// Ends the workers and joins them.
+pub(crate) fn stop_all(shared: &Shared, threads: Vec<Worker>) {
+    shared.quit.store(true, Ordering::SeqCst);
+    for pair in &shared.pairs {
+        let _ = pair.wake.write(1);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    shared.quit.store(false, Ordering::SeqCst);
+}
+
+fn run(shared: &Shared, p: usize) {
+    let pair = &shared.pairs[p];
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        let n = match pair.epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{}: epoll_wait: {e}; worker {p} stops", shared.name);
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_STOP => return,
+                TOKEN_WAKE => {
+                    let _ = pair.wake.read();
+                    if shared.quit.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                TOKEN_TAP => shared.tap_ready(p, ev.event_set()),
+                q => {
+                    let q = q as usize;
+                    let Some(evt) = shared.kick_evt(q) else {
+                        continue;
+                    };
+                    match evt.read() {
+                        Ok(kicks) => shared.kick(q, kicks),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => log::warn!("{}: queue {q} kick: {e}", shared.name),
+                    }
+                }
+            }
+        }
+    }
+}
