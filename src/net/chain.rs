@@ -194,112 +194,77 @@ where
     Ok(w)
 }
 
-/// Copies `buf.len()` bytes starting `offset` bytes into the chain's buffers (those of `segs`)
-/// out of guest memory. Returns false if the buffers are shorter.
-pub fn read_at(mem: &GuestMemoryMmap, segs: &[Seg], offset: usize, buf: &mut [u8]) -> bool {
+/// Walks the bytes `offset..offset + len` of a chain's buffers: for each segment piece, `f` gets
+/// the segment, the offset inside it and the matching range of the caller's buffer, and says
+/// whether the access worked. False if an access failed or the buffers are shorter.
+fn for_each_piece(
+    segs: &[Seg],
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(&Seg, usize, std::ops::Range<usize>) -> bool,
+) -> bool {
     let mut skip = offset;
     let mut done = 0;
     for s in segs {
-        if done == buf.len() {
+        if done == len {
             break;
         }
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
+        let seg_len = s.len as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
             continue;
         }
-        let n = (len - skip).min(buf.len() - done);
-        if mem
-            .read_slice(
-                &mut buf[done..done + n],
-                GuestAddress(s.guest + skip as u64),
-            )
-            .is_err()
-        {
+        let n = (seg_len - skip).min(len - done);
+        if !f(s, skip, done..done + n) {
             return false;
         }
         done += n;
         skip = 0;
     }
-    done == buf.len()
+    done == len
+}
+
+/// Copies `buf.len()` bytes starting `offset` bytes into the chain's buffers (those of `segs`)
+/// out of guest memory. Returns false if the buffers are shorter.
+pub fn read_at(mem: &GuestMemoryMmap, segs: &[Seg], offset: usize, buf: &mut [u8]) -> bool {
+    for_each_piece(segs, offset, buf.len(), |s, skip, r| {
+        mem.read_slice(&mut buf[r], GuestAddress(s.guest + skip as u64))
+            .is_ok()
+    })
 }
 
 /// Writes `data` starting `offset` bytes into the chain's buffers. Returns false if they are
 /// shorter.
 pub fn write_at(mem: &GuestMemoryMmap, segs: &[Seg], offset: usize, data: &[u8]) -> bool {
-    let mut skip = offset;
-    let mut done = 0;
-    for s in segs {
-        if done == data.len() {
-            break;
-        }
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(data.len() - done);
-        if mem
-            .write_slice(&data[done..done + n], GuestAddress(s.guest + skip as u64))
-            .is_err()
-        {
-            return false;
-        }
-        done += n;
-        skip = 0;
-    }
-    done == data.len()
+    for_each_piece(segs, offset, data.len(), |s, skip, r| {
+        mem.write_slice(&data[r], GuestAddress(s.guest + skip as u64))
+            .is_ok()
+    })
 }
 
 /// [`read_at`] through the segments' host addresses (no region lookup).
 ///
 /// The segments must come from [`walk`] over `mem` that the caller still holds.
 pub fn read_host(segs: &[Seg], offset: usize, buf: &mut [u8]) -> bool {
-    let mut skip = offset;
-    let mut done = 0;
-    for s in segs {
-        if done == buf.len() {
-            break;
-        }
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(buf.len() - done);
-        for (i, b) in buf[done..done + n].iter_mut().enumerate() {
+    for_each_piece(segs, offset, buf.len(), |s, skip, r| {
+        for (i, b) in buf[r].iter_mut().enumerate() {
             // SAFETY: byte `skip + i` < `s.len` of a segment `walk` found inside guest RAM,
             // which the caller keeps mapped. Volatile: the guest may write it concurrently.
             *b = unsafe { std::ptr::read_volatile((s.host + skip + i) as *const u8) };
         }
-        done += n;
-        skip = 0;
-    }
-    done == buf.len()
+        true
+    })
 }
 
 /// [`write_at`] through the segments' host addresses (same conditions as [`read_host`]).
 pub fn write_host(segs: &[Seg], offset: usize, data: &[u8]) -> bool {
-    let mut skip = offset;
-    let mut done = 0;
-    for s in segs {
-        if done == data.len() {
-            break;
-        }
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(data.len() - done);
-        for (i, &b) in data[done..done + n].iter().enumerate() {
+    for_each_piece(segs, offset, data.len(), |s, skip, r| {
+        for (i, &b) in data[r].iter().enumerate() {
             // SAFETY: as in `read_host`; the segment is device-writable guest RAM.
             unsafe { std::ptr::write_volatile((s.host + skip + i) as *mut u8, b) };
         }
-        done += n;
-        skip = 0;
-    }
-    done == data.len()
+        true
+    })
 }
 
 /// A reusable iovec array built from [`Seg`]s.
