@@ -163,7 +163,7 @@ impl Vm {
     pub fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Kvm {
             op: "eventfd",
-            err: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+            err: io_to_kvm(e),
         })?;
         self.fd
             .register_irqfd(&evt, gsi)
