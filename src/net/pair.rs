@@ -216,6 +216,26 @@ pub(crate) struct IrqCounters<'a> {
     pub errors: &'a mut u64,
 }
 
+impl<'a> IrqCounters<'a> {
+    /// The interrupt counters of a transmit queue.
+    pub fn tx(c: &'a mut crate::net::counters::TxCounters) -> Self {
+        IrqCounters {
+            sent: &mut c.interrupts,
+            suppressed: &mut c.interrupts_suppressed,
+            errors: &mut c.interrupt_errors,
+        }
+    }
+
+    /// The interrupt counters of a receive queue.
+    pub fn rx(c: &'a mut crate::net::counters::RxCounters) -> Self {
+        IrqCounters {
+            sent: &mut c.interrupts,
+            suppressed: &mut c.interrupts_suppressed,
+            errors: &mut c.interrupt_errors,
+        }
+    }
+}
+
 /// Publishes the pending used entries and interrupts the driver if it wants it.
 pub(crate) fn signal(
     used: &mut UsedRing,

@@ -145,11 +145,7 @@ impl PairState {
                 a.rx_used.publish(&a.mem)?;
             }
             if a.rx_used.unsignalled() >= BATCH {
-                let irq = IrqCounters {
-                    sent: &mut c.interrupts,
-                    suppressed: &mut c.interrupts_suppressed,
-                    errors: &mut c.interrupt_errors,
-                };
+                let irq = IrqCounters::rx(c);
                 signal(
                     &mut a.rx_used,
                     &a.mem,
@@ -160,11 +156,7 @@ impl PairState {
             }
         }
         a.rxq.set_next_used(a.rx_used.next_used());
-        let irq = IrqCounters {
-            sent: &mut c.interrupts,
-            suppressed: &mut c.interrupts_suppressed,
-            errors: &mut c.interrupt_errors,
-        };
+        let irq = IrqCounters::rx(c);
         signal(
             &mut a.rx_used,
             &a.mem,

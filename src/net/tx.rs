@@ -110,11 +110,7 @@ impl PairState {
                     a.tx_used.publish(mem)?;
                 }
                 if a.tx_used.unsignalled() >= BATCH {
-                    let irq = IrqCounters {
-                        sent: &mut c.interrupts,
-                        suppressed: &mut c.interrupts_suppressed,
-                        errors: &mut c.interrupt_errors,
-                    };
+                    let irq = IrqCounters::tx(c);
                     signal(&mut a.tx_used, mem, a.interrupt.as_ref(), a.tx_index, irq)?;
                 }
             }
@@ -126,11 +122,7 @@ impl PairState {
         iov.clear();
         a.tx_blocked = blocked;
         a.txq.set_next_used(a.tx_used.next_used());
-        let irq = IrqCounters {
-            sent: &mut c.interrupts,
-            suppressed: &mut c.interrupts_suppressed,
-            errors: &mut c.interrupt_errors,
-        };
+        let irq = IrqCounters::tx(c);
         signal(&mut a.tx_used, mem, a.interrupt.as_ref(), a.tx_index, irq)
     }
 }
