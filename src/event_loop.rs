@@ -19,6 +19,7 @@
 //! read (others wait on it too), so it stays readable and every waiter sees it.
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -71,8 +72,12 @@ enum Kind {
 struct Source {
     name: String,
     kind: Kind,
-    wakeups: u64,
+    /// Dispatches of this source; shared so the API can read it while the loop runs.
+    wakeups: Arc<AtomicU64>,
 }
+
+/// A source's name and its live dispatch counter.
+pub type SourceCounter = (String, Arc<AtomicU64>);
 
 /// Wakeups per source, returned when the loop ends.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -118,7 +123,7 @@ impl EventLoop {
         self.sources.push(Source {
             name: name.into(),
             kind: Kind::Event { evt, handler },
-            wakeups: 0,
+            wakeups: Arc::default(),
         });
         Ok(())
     }
@@ -135,9 +140,17 @@ impl EventLoop {
         self.sources.push(Source {
             name: name.into(),
             kind: Kind::Fd { _fd: fd, handler },
-            wakeups: 0,
+            wakeups: Arc::default(),
         });
         Ok(())
+    }
+
+    /// Each source's name and live dispatch counter (for `/stats`).
+    pub fn counters(&self) -> Vec<SourceCounter> {
+        self.sources
+            .iter()
+            .map(|s| (s.name.clone(), s.wakeups.clone()))
+            .collect()
     }
 
     /// Starts the loop on its own thread; it ends when `stop` becomes readable.
@@ -199,14 +212,14 @@ impl EventLoop {
                     Kind::Event { evt, handler } => match evt.read() {
                         // The bottom half proper: the handler runs the device.
                         Ok(count) => {
-                            src.wakeups += 1;
+                            src.wakeups.fetch_add(1, Ordering::Relaxed);
                             handler(count);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => log::warn!("event loop: reading {}: {e}", src.name),
                     },
                     Kind::Fd { handler, .. } => {
-                        src.wakeups += 1;
+                        src.wakeups.fetch_add(1, Ordering::Relaxed);
                         handler(ev.event_set());
                     }
                 }
@@ -216,7 +229,7 @@ impl EventLoop {
             wakeups: self
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), s.wakeups))
+                .map(|s| (s.name.clone(), s.wakeups.load(Ordering::Relaxed)))
                 .collect(),
         }
     }

@@ -303,6 +303,13 @@ impl Vmm {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             exit_stats: self.exit_stats.clone(),
+            devices: self
+                .pci
+                .virtio()
+                .iter()
+                .map(|s| (s.slot, s.dev.clone()))
+                .collect(),
+            event_loop: self.pci.loop_counters(),
             config,
         }
     }

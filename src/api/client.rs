@@ -113,6 +113,110 @@ pub fn format_stats(stats: &Value) -> String {
     if !unowned.is_empty() {
         out.push_str(&format!("unowned accesses: {}\n", unowned.join(", ")));
     }
+    out.push_str(&format_devices(stats));
+    let sources: Vec<String> = stats["event_loop"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} x{}",
+                e["source"].as_str().unwrap_or(""),
+                e["dispatches"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    if !sources.is_empty() {
+        out.push_str(&format!("event loop dispatches: {}\n", sources.join(", ")));
+    }
+    out
+}
+
+fn opt(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
+/// `words` joined with ", " into lines of about `width` characters, each indented.
+fn wrap(words: &[String], indent: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for w in words {
+        if !line.is_empty() && line.len() + w.len() + 2 > width {
+            out.push_str(&format!("{indent}{line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(w);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("{indent}{line}\n"));
+    }
+    out
+}
+
+/// Per device: queues (kicks by path), interrupts per vector, non-zero device counters.
+fn format_devices(stats: &Value) -> String {
+    let mut out = String::new();
+    for d in stats["devices"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} {}{}\n",
+            d["device"].as_str().unwrap_or(""),
+            d["options"].as_str().unwrap_or(""),
+            if d["own_threads"] == true {
+                " (kicks wait on the device's worker threads)"
+            } else {
+                ""
+            }
+        ));
+        out.push_str(&format!(
+            "  {:<6} {:>5} {:>7} {:>14} {:>12} {:>11}\n",
+            "QUEUE", "SIZE", "VECTOR", "IOEVENTFD", "KICKS(EVTFD)", "KICKS(EXIT)"
+        ));
+        for q in d["queues"].as_array().into_iter().flatten() {
+            if q["enabled"] != true {
+                continue;
+            }
+            out.push_str(&format!(
+                "  {:<6} {:>5} {:>7} {:>14} {:>12} {:>11}\n",
+                opt(&q["queue"]),
+                opt(&q["size"]),
+                opt(&q["vector"]),
+                q["ioeventfd"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |a| format!("{a:#x}")),
+                opt(&q["kicks_ioeventfd"]),
+                opt(&q["kicks_exit"]),
+            ));
+        }
+        out.push_str(&format!(
+            "  {:<6} {:>5} {:<15} {:>10} {:>8}\n",
+            "VECTOR", "GSI", "PATH", "DELIVERED", "PENDING"
+        ));
+        for v in d["interrupts"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {:<6} {:>5} {:<15} {:>10} {:>8}\n",
+                opt(&v["vector"]),
+                opt(&v["gsi"]),
+                v["path"].as_str().unwrap_or(""),
+                opt(&v["delivered"]),
+                v["pending"] == true,
+            ));
+        }
+        let counters: Vec<String> = d["counters"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !counters.is_empty() {
+            out.push_str("  counters (non-zero):\n");
+            out.push_str(&wrap(&counters, "    ", 96));
+        }
+    }
     out
 }
 
@@ -134,6 +238,60 @@ pub fn format_map(map: &Value) -> String {
                 format!("{size:#x}"),
                 e["device"].as_str().unwrap_or(""),
                 e["region"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let evts = map["ioeventfds"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice());
+    if !evts.is_empty() {
+        out.push_str("ioeventfds (a guest write here signals an eventfd in KVM, no exit):\n");
+        out.push_str(&format!(
+            "  {:<14} {:>4}  {:<22} {:>5}  {}\n",
+            "ADDR", "SIZE", "DEVICE", "QUEUE", "WAITER"
+        ));
+        for e in evts {
+            out.push_str(&format!(
+                "  {:<14} {:>4}  {:<22} {:>5}  {}\n",
+                format!("{:#x}", e["addr"].as_u64().unwrap_or(0)),
+                opt(&e["size"]),
+                e["device"].as_str().unwrap_or(""),
+                opt(&e["queue"]),
+                e["waiter"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let routes = map["msix_routes"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice());
+    if !routes.is_empty() {
+        out.push_str("msi-x vectors:\n");
+        out.push_str(&format!(
+            "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6}  {:<15} {}\n",
+            "DEVICE", "VECTOR", "USED BY", "GSI", "ADDRESS", "DATA", "PATH", "STATE"
+        ));
+        for r in routes {
+            let users: Vec<&str> = r["used_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str())
+                .collect();
+            let state = match (r["armed"] == true, r["masked"] == true) {
+                (true, _) => "armed",
+                (false, true) => "masked",
+                (false, false) => "idle",
+            };
+            out.push_str(&format!(
+                "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6}  {:<15} {}\n",
+                r["device"].as_str().unwrap_or(""),
+                opt(&r["vector"]),
+                users.join("+"),
+                opt(&r["gsi"]),
+                format!("{:#x}", r["address"].as_u64().unwrap_or(0)),
+                format!("{:#x}", r["data"].as_u64().unwrap_or(0)),
+                r["path"].as_str().unwrap_or(""),
+                state
             ));
         }
     }

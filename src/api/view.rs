@@ -1,4 +1,5 @@
 //! The VM as the API sees it: shared handles to its control, buses and statistics.
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -6,9 +7,11 @@ use serde_json::{json, Value};
 
 use super::VmApi;
 use crate::bus::Bus;
+use crate::event_loop::SourceCounter;
 use crate::kvm::control::VmControl;
 use crate::kvm::exit::StopReason;
 use crate::trace::exits::{self, ExitStats, Row};
+use crate::virtio::transport::{DeviceReport, VirtioPciDevice};
 
 /// How long a pause may take before the API gives up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,6 +21,10 @@ pub struct VmView {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit_stats: Vec<Arc<Mutex<ExitStats>>>,
+    /// The virtio functions: PCI slot and device.
+    pub devices: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)>,
+    /// The event loop's sources and their dispatch counters.
+    pub event_loop: Vec<SourceCounter>,
     /// The configuration as JSON (memory, cpus, kernel, cmdline, devices).
     pub config: Value,
 }
@@ -65,6 +72,98 @@ impl VmView {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
     }
+
+    fn reports(&self) -> Vec<(u8, DeviceReport)> {
+        self.devices
+            .iter()
+            .map(|(slot, d)| (*slot, d.lock().unwrap_or_else(|e| e.into_inner()).report()))
+            .collect()
+    }
+}
+
+/// "virtio-net@00:02.0"
+fn device_id(slot: u8, r: &DeviceReport) -> String {
+    format!("{}@00:{slot:02x}.0", r.name)
+}
+
+/// Each device's queues, vectors and counters, for `/stats`.
+fn devices_json(reports: &[(u8, DeviceReport)]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .map(|(slot, r)| {
+                let counters: serde_json::Map<String, Value> = r
+                    .counters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                json!({
+                    "device": device_id(*slot, r),
+                    "options": r.options,
+                    "status": r.status,
+                    "own_threads": r.own_threads,
+                    "queues": r.queues,
+                    "interrupts": r.vectors.iter().map(|v| json!({
+                        "vector": v.vector, "gsi": v.gsi, "path": v.path,
+                        "delivered": v.delivered, "pending": v.pending,
+                    })).collect::<Vec<_>>(),
+                    "msix": r.msix,
+                    "transport": r.transport,
+                    "counters": counters,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Every registered ioeventfd, for `/map`.
+fn ioeventfds_json(reports: &[(u8, DeviceReport)]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .flat_map(|(slot, r)| {
+                r.queues.iter().filter_map(move |q| {
+                    q.ioeventfd.map(|addr| {
+                        json!({"addr": addr, "size": 2, "device": device_id(*slot, r),
+                               "queue": q.queue, "datamatch": null,
+                               "waiter": if r.own_threads { "device worker" } else { "event loop" }})
+                    })
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Every MSI-X vector in use, with its route, for `/map`.
+fn msix_json(reports: &[(u8, DeviceReport)]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .flat_map(|(slot, r)| {
+                let id = device_id(*slot, r);
+                let users = |v: u16| -> Vec<String> {
+                    let mut u: Vec<String> = r
+                        .queues
+                        .iter()
+                        .filter(|q| q.vector == Some(v))
+                        .map(|q| format!("queue {}", q.queue))
+                        .collect();
+                    if r.config_vector == Some(v) {
+                        u.push("config".into());
+                    }
+                    u
+                };
+                r.vectors
+                    .iter()
+                    .map(|v| {
+                        json!({"device": id, "vector": v.vector, "used_by": users(v.vector),
+                               "address": v.address, "data": v.data, "gsi": v.gsi,
+                               "path": v.path, "armed": v.armed, "masked": v.masked})
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    )
 }
 
 impl VmApi for VmView {
@@ -94,15 +193,28 @@ impl VmApi for VmView {
                 })
             })
             .collect();
+        let event_loop: Vec<Value> = self
+            .event_loop
+            .iter()
+            .map(|(name, n)| json!({"source": name, "dispatches": n.load(Ordering::Relaxed)}))
+            .collect();
         json!({
             "vcpus": vcpus,
             "all": rows_json(exits::rows(&all, &self.pio, &self.mmio)),
             "unowned": {"pio": unowned_json(&self.pio), "mmio": unowned_json(&self.mmio)},
+            "devices": devices_json(&self.reports()),
+            "event_loop": event_loop,
         })
     }
 
     fn map(&self) -> Value {
-        json!({"pio": map_json(&self.pio), "mmio": map_json(&self.mmio)})
+        let reports = self.reports();
+        json!({
+            "pio": map_json(&self.pio),
+            "mmio": map_json(&self.mmio),
+            "ioeventfds": ioeventfds_json(&reports),
+            "msix_routes": msix_json(&reports),
+        })
     }
 
     fn pause(&self) -> Result<(), String> {

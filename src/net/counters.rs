@@ -48,6 +48,8 @@ pub struct TxCounters {
     pub bytes: u64,
     /// Notifications received (ioeventfd counts, exits), plus one per activation.
     pub kicks: u64,
+    /// Times the queue's kick woke its handler (several kicks may coalesce into one).
+    pub wakeups: u64,
     /// Interrupts raised after a batch.
     pub interrupts: u64,
     /// Batches the driver did not want an interrupt for (EVENT_IDX or NO_INTERRUPT).
@@ -65,6 +67,7 @@ pub struct RxCounters {
     pub frames: u64,
     pub bytes: u64,
     pub kicks: u64,
+    pub wakeups: u64,
     pub interrupts: u64,
     pub interrupts_suppressed: u64,
     pub interrupt_errors: u64,
@@ -89,6 +92,8 @@ pub struct PairCounters {
     pub tx: TxCounters,
     /// Guest memory or ring errors while processing (the queue is then left alone).
     pub queue_errors: u64,
+    /// Times the TAP fd woke the pair (readable, writable after `EAGAIN`, error).
+    pub tap_wakeups: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,6 +130,7 @@ impl NetCounters {
             add_rx(&mut t.rx, &p.rx);
             add_tx(&mut t.tx, &p.tx);
             t.queue_errors += p.queue_errors;
+            t.tap_wakeups += p.tap_wakeups;
         }
         t
     }
@@ -140,6 +146,7 @@ impl NetCounters {
                 out.push((format!("tx{i}.{k}"), v));
             }
             out.push((format!("pair{i}.queue_errors"), p.queue_errors));
+            out.push((format!("pair{i}.tap_wakeups"), p.tap_wakeups));
         }
         let c = &self.ctrl;
         for (k, v) in [
@@ -165,6 +172,7 @@ fn add_rx(t: &mut RxCounters, p: &RxCounters) {
     t.frames += p.frames;
     t.bytes += p.bytes;
     t.kicks += p.kicks;
+    t.wakeups += p.wakeups;
     t.interrupts += p.interrupts;
     t.interrupts_suppressed += p.interrupts_suppressed;
     t.interrupt_errors += p.interrupt_errors;
@@ -187,6 +195,7 @@ fn add_tx(t: &mut TxCounters, p: &TxCounters) {
     t.frames += p.frames;
     t.bytes += p.bytes;
     t.kicks += p.kicks;
+    t.wakeups += p.wakeups;
     t.interrupts += p.interrupts;
     t.interrupts_suppressed += p.interrupts_suppressed;
     t.interrupt_errors += p.interrupt_errors;
@@ -233,6 +242,7 @@ impl RxCounters {
             ("frames", self.frames),
             ("bytes", self.bytes),
             ("kicks", self.kicks),
+            ("wakeups", self.wakeups),
             ("interrupts", self.interrupts),
             ("interrupts_suppressed", self.interrupts_suppressed),
             ("interrupt_errors", self.interrupt_errors),
@@ -258,6 +268,7 @@ impl TxCounters {
             ("frames", self.frames),
             ("bytes", self.bytes),
             ("kicks", self.kicks),
+            ("wakeups", self.wakeups),
             ("interrupts", self.interrupts),
             ("interrupts_suppressed", self.interrupts_suppressed),
             ("interrupt_errors", self.interrupt_errors),

@@ -114,7 +114,14 @@ impl CtrlState {
             errors: &mut errors,
         };
         a.queue.set_next_used(a.used.next_used());
-        signal(&mut a.used, &a.mem, a.interrupt.as_ref(), a.index, irq)
+        signal(
+            &mut a.used,
+            &a.mem,
+            a.interrupt.as_ref(),
+            a.index,
+            irq,
+            &None,
+        )
     }
 }
 

@@ -31,6 +31,7 @@ use super::tap::{offload_from_features, Tap, TapError};
 use super::used::UsedRing;
 use super::worker;
 use crate::seccomp::SeccompMode;
+use crate::trace::timeline::Timeline;
 use crate::virtio::{
     feature, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
     VIRTIO_F_VERSION_1, VIRTIO_ID_NET, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     tap_gone: AtomicU64,
     tap_config_errors: AtomicU64,
     stray_kicks: AtomicU64,
+    /// `--trace`: the VM's timeline (from the interrupt handle at the first activation).
+    timeline: OnceLock<Arc<Timeline>>,
 }
 
 impl Shared {
@@ -95,8 +98,8 @@ impl Shared {
         self.kicks.get().and_then(|k| k.get(q))
     }
 
-    /// Queue `q` was kicked `count` times: run its handler here.
-    pub fn kick(&self, q: usize, count: u64) {
+    /// Queue `q` was kicked `count` times: run its handler here, for trace flow `flow`.
+    pub fn kick(&self, q: usize, count: u64, flow: u64) {
         let used = self.used_pairs.load(Ordering::Acquire);
         if used == 0 {
             return;
@@ -115,15 +118,20 @@ impl Shared {
             return;
         }
         if q.is_multiple_of(2) {
-            self.pairs[p].kick_rx(count);
+            self.pairs[p].kick_rx(count, flow);
         } else {
-            self.pairs[p].kick_tx(count);
+            self.pairs[p].kick_tx(count, flow);
         }
     }
 
+    /// The `--trace` timeline, once a driver activated the device on a traced VM.
+    pub fn timeline(&self) -> Option<&Arc<Timeline>> {
+        self.timeline.get()
+    }
+
     /// Pair `p`'s TAP fd is ready.
-    pub fn tap_ready(&self, p: usize, events: EventSet) {
-        if self.pairs[p].tap_ready(events) {
+    pub fn tap_ready(&self, p: usize, events: EventSet, flow: u64) {
+        if self.pairs[p].tap_ready(events, flow) {
             self.tap_gone.fetch_add(1, Ordering::Relaxed);
             // Tell the driver the link went down.
             if self.link_up.swap(false, Ordering::SeqCst) {
@@ -158,7 +166,7 @@ impl Shared {
             if enabled {
                 // Frames may have waited on a queue that was off.
                 drop(st);
-                pair.kick_rx(0);
+                pair.kick_rx(0, 0);
             }
         }
         ok
@@ -230,6 +238,15 @@ impl NetHandle {
 
     pub fn counters(&self) -> NetCounters {
         self.shared.counters()
+    }
+
+    /// What a worker does when pair `p`'s backend fd polls `events` (readable, writable,
+    /// error), run on this thread: for drivers of the device without worker threads (the
+    /// fuzz target). A pair that does not exist is ignored.
+    pub fn backend_ready(&self, p: usize, events: EventSet) {
+        if p < self.shared.pairs.len() {
+            self.shared.tap_ready(p, events, 0);
+        }
     }
 
     pub fn tap_name(&self) -> &str {
@@ -317,6 +334,7 @@ impl Net {
                 ctrl: Mutex::new(CtrlState::default()),
                 kicks: OnceLock::new(),
                 quit: AtomicBool::new(false),
+                timeline: OnceLock::new(),
                 link_up: AtomicBool::new(true),
                 used_pairs: AtomicUsize::new(0),
                 ctrl_index: AtomicUsize::new(usize::MAX),
@@ -469,6 +487,10 @@ impl VirtioDevice for Net {
         // What the guest can receive; it may change it later (GUEST_OFFLOADS_SET).
         self.shared.set_offload(acked);
         *lock(&self.shared.config_irq) = Some(interrupt.clone());
+        let timeline = interrupt.timeline();
+        if let Some(tl) = &timeline {
+            let _ = self.shared.timeline.set(tl.clone());
+        }
         if let Some(ci) = ctrl {
             if let Some(queue) = queues[ci].take() {
                 let mut c = lock(&self.shared.ctrl);
@@ -487,6 +509,7 @@ impl VirtioDevice for Net {
         for (p, pair) in self.shared.pairs.iter().enumerate() {
             let mut st = pair.lock();
             st.rx.clear();
+            st.timeline = timeline.clone();
             // Until VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET only pair 0 carries traffic (§5.1.6.5.5).
             let enabled = p == 0;
             if p > 0 && st.attached != enabled {
@@ -554,7 +577,11 @@ impl VirtioDevice for Net {
         if self.shared.used_pairs.load(Ordering::Acquire) == 0 {
             return Err(DeviceError::NotActivated);
         }
-        self.shared.kick(queue, 1);
+        // notify=exit: the transport started a trace flow for this exit; the run continues it.
+        let flow = lock(&self.shared.config_irq)
+            .as_ref()
+            .map_or(0, |i| i.current_flow());
+        self.shared.kick(queue, 1, flow);
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! * [`device`]: the virtio-net device ([`Net`]): features, config space, queue roles, and the
 //!   worker threads ([`NetHandle`]). Its parts: [`chain`] (checking untrusted descriptor
 //!   chains), [`used`] (the used ring and interrupt suppression), [`header`] (the vnet header and its checks), `tx`, `rx`, `ctrl`
-//!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), [`counters`].
+//!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), [`counters`], `trace` (what a run
+//!   records on the `--trace` timeline).
 //! * [`config`]: `--net tap=NAME,...`; [`backend`]: what a pair needs from its TAP queue.
 pub mod backend;
 pub mod chain;
@@ -18,6 +19,7 @@ pub mod header;
 mod pair;
 mod rx;
 pub mod tap;
+mod trace;
 mod tx;
 pub mod used;
 mod worker;

@@ -5,6 +5,7 @@
 //! for `EPOLLIN` while the receive queue has buffers (and is not stalled waiting for the
 //! driver), and for `EPOLLOUT` while a transmit waits for room after `EAGAIN`.
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -15,7 +16,9 @@ use super::backend::NetBackend;
 use super::chain::{IoVecs, RamMap, Seg};
 use super::counters::PairCounters;
 use super::rx::RxBuffers;
+use super::trace::Tracer;
 use super::used::UsedRing;
+use crate::trace::timeline::Timeline;
 use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 
 /// epoll tokens besides the queue kicks (whose token is the queue index).
@@ -57,6 +60,9 @@ pub(crate) struct PairState {
     pub segs: Vec<Seg>,
     pub rx: RxBuffers,
     pub overflow: Box<[u8; OVERFLOW_LEN]>,
+    /// `--trace`: the timeline (set at activation) and the flow the current run serves.
+    pub timeline: Option<Arc<Timeline>>,
+    pub flow: u64,
 }
 
 /// A pair between DRIVER_OK and reset.
@@ -103,6 +109,8 @@ impl Pair {
                 segs: Vec::new(),
                 rx: RxBuffers::default(),
                 overflow: Box::new([0; OVERFLOW_LEN]),
+                timeline: None,
+                flow: 0,
             }),
         })
     }
@@ -150,25 +158,34 @@ impl Pair {
         }
     }
 
-    /// The driver kicked the transmit queue.
-    pub fn kick_tx(&self, kicks: u64) {
+    /// The driver kicked the transmit queue (`kicks` times, as one wakeup). `flow`: the trace
+    /// flow this run serves (0: none).
+    pub fn kick_tx(&self, kicks: u64, flow: u64) {
         let mut st = self.lock();
         st.counters.tx.kicks += kicks;
+        st.counters.tx.wakeups += 1;
+        st.flow = flow;
         self.run_tx(&mut st);
         self.sync_poll(&mut st);
+        st.flow = 0;
     }
 
     /// The driver kicked the receive queue (it added buffers): read the TAP again.
-    pub fn kick_rx(&self, kicks: u64) {
+    pub fn kick_rx(&self, kicks: u64, flow: u64) {
         let mut st = self.lock();
         st.counters.rx.kicks += kicks;
+        st.counters.rx.wakeups += u64::from(kicks > 0);
+        st.flow = flow;
         self.run_rx(&mut st);
         self.sync_poll(&mut st);
+        st.flow = 0;
     }
 
     /// The TAP fd is ready. Returns true when it was found gone just now.
-    pub fn tap_ready(&self, events: EventSet) -> bool {
+    pub fn tap_ready(&self, events: EventSet, flow: u64) -> bool {
         let mut st = self.lock();
+        st.counters.tap_wakeups += 1;
+        st.flow = flow;
         let mut gone_now = false;
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) && st.attached && !st.gone {
             // An attached queue polls EPOLLERR only once the TAP is deleted.
@@ -186,6 +203,7 @@ impl Pair {
             self.run_rx(&mut st);
         }
         self.sync_poll(&mut st);
+        st.flow = 0;
         gone_now
     }
 
@@ -236,22 +254,37 @@ impl<'a> IrqCounters<'a> {
     }
 }
 
-/// Publishes the pending used entries and interrupts the driver if it wants it.
+/// Publishes the pending used entries and interrupts the driver if it wants it. `trace`:
+/// the run's tracer (the publication is a span, the interrupt ends its flow).
 pub(crate) fn signal(
     used: &mut UsedRing,
     mem: &GuestMemoryMmap,
     interrupt: &dyn VirtioInterrupt,
     index: u16,
     c: IrqCounters<'_>,
+    trace: &Option<Tracer<'_>>,
 ) -> Result<(), virtio_queue::Error> {
+    let start = trace.as_ref().map(|_| Instant::now());
+    let published = used.pending();
     used.publish(mem)?;
+    if let Some(t) = trace {
+        if published > 0 {
+            t.span(
+                start,
+                format!("queue {index}: used ring +{published}"),
+                "used ring",
+                serde_json::json!({ "queue": index, "entries": published, "used_idx": used.next_used() }),
+            );
+        }
+    }
     if used.unsignalled() == 0 {
         return Ok(());
     }
     if used.needs_notification(mem)? {
         *c.sent += 1;
+        let flow = trace.as_ref().map_or(0, |t| t.flow());
         if interrupt
-            .trigger(VirtioInterruptType::Queue(index))
+            .trigger_in_flow(VirtioInterruptType::Queue(index), flow)
             .is_err()
         {
             *c.errors += 1;

@@ -21,6 +21,7 @@ use super::chain::{walk, write_host, Direction, IoVecs, Seg};
 use super::counters::RxCounters;
 use super::header::{ETH_HLEN, HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::pair::{signal, ActivePair, IrqCounters, PairState, BATCH, PUBLISH_BATCH};
+use super::trace;
 
 /// A receive chain the device holds (popped, not yet used).
 pub(crate) struct RxChain {
@@ -82,11 +83,14 @@ impl PairState {
             rx: bufs,
             overflow,
             gone,
+            timeline,
+            flow,
             ..
         } = self;
         let Some(a) = active.as_mut() else {
             return Ok(());
         };
+        let tr = trace::tracer(timeline, *flow);
         if !a.rxq.ready() || !a.rx_enabled || *gone {
             return Ok(());
         }
@@ -113,12 +117,22 @@ impl PairState {
                 (bufs.iov_start + front.segs.len(), front.cap)
             };
             let tail = (overflow.as_mut_ptr() as usize, overflow.len());
+            let start = trace::now(&tr);
             let read = bufs.iov.with_tail(bufs.iov_start, end, tail, |iovs| {
                 // SAFETY: the iovecs are held receive chains, which `walk` found
                 // device-writable and inside guest RAM (kept mapped by `a.mem` for the call),
                 // and our own overflow buffer, which the lock we hold keeps to this thread.
                 unsafe { backend.readv_raw(iovs) }
             });
+            if let (Some(t), Ok(Some(n))) = (&tr, &read) {
+                let what = format!("tap readv {} B", n.saturating_sub(HDR_LEN));
+                t.span(
+                    start,
+                    what,
+                    "tap read",
+                    serde_json::json!({"queue": a.rx_index}),
+                );
+            }
             match read {
                 Ok(None) => {
                     c.tap_eagain += 1;
@@ -146,24 +160,14 @@ impl PairState {
             }
             if a.rx_used.unsignalled() >= BATCH {
                 let irq = IrqCounters::rx(c);
-                signal(
-                    &mut a.rx_used,
-                    &a.mem,
-                    a.interrupt.as_ref(),
-                    a.rx_index,
-                    irq,
-                )?;
+                let intr = a.interrupt.as_ref();
+                signal(&mut a.rx_used, &a.mem, intr, a.rx_index, irq, &tr)?;
             }
         }
         a.rxq.set_next_used(a.rx_used.next_used());
         let irq = IrqCounters::rx(c);
-        signal(
-            &mut a.rx_used,
-            &a.mem,
-            a.interrupt.as_ref(),
-            a.rx_index,
-            irq,
-        )
+        let intr = a.interrupt.as_ref();
+        signal(&mut a.rx_used, &a.mem, intr, a.rx_index, irq, &tr)
     }
 }
 

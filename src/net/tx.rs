@@ -15,6 +15,7 @@ use super::chain::{read_host, walk, ChainError, Direction, IoVecs, RamMap, Seg};
 use super::counters::TxCounters;
 use super::header::{validate_tx, VnetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN};
 use super::pair::{signal, IrqCounters, PairState, BATCH, PUBLISH_BATCH};
+use super::trace::{self, Tracer};
 
 /// What became of one chain.
 enum Sent {
@@ -62,11 +63,14 @@ impl PairState {
             counters,
             iov,
             segs,
+            timeline,
+            flow,
             ..
         } = self;
         let Some(a) = active.as_mut() else {
             return Ok(());
         };
+        let tr = trace::tracer(timeline, *flow);
         if !a.txq.ready() || a.tx_blocked {
             return Ok(());
         }
@@ -78,6 +82,7 @@ impl PairState {
             a.txq.disable_notification(mem)?;
             // One read of the available index per pass (it is the driver's hottest line).
             let mut chains = a.txq.iter(mem)?;
+            let mut popped = trace::now(&tr);
             while let Some(chain) = chains.next() {
                 let head = chain.head_index();
                 if usize::from(head) >= max_desc {
@@ -85,7 +90,21 @@ impl PairState {
                     c.drops.bad_head += 1;
                     continue;
                 }
-                match send(chain, &a.ram, backend, a.acked, max_desc, segs, iov) {
+                let checked = prepare(chain, &a.ram, a.acked, max_desc, segs, iov);
+                let sent = match checked {
+                    Ok(total) => {
+                        note(&tr, popped, head, total);
+                        let start = trace::now(&tr);
+                        let sent = write(backend, iov, total);
+                        if let Some(t) = &tr {
+                            let what = format!("tap writev {} B", total - HDR_LEN);
+                            t.span(start, what, "tap write", serde_json::json!({"head": head}));
+                        }
+                        sent
+                    }
+                    Err(cause) => Sent::Drop(cause),
+                };
+                match sent {
                     Sent::Frame(n) => {
                         c.frames += 1;
                         c.bytes += n as u64;
@@ -111,8 +130,16 @@ impl PairState {
                 }
                 if a.tx_used.unsignalled() >= BATCH {
                     let irq = IrqCounters::tx(c);
-                    signal(&mut a.tx_used, mem, a.interrupt.as_ref(), a.tx_index, irq)?;
+                    signal(
+                        &mut a.tx_used,
+                        mem,
+                        a.interrupt.as_ref(),
+                        a.tx_index,
+                        irq,
+                        &tr,
+                    )?;
                 }
+                popped = trace::now(&tr);
             }
             // Kicks back on, then look once more: a chain added in between would wait.
             if blocked || !a.txq.enable_notification(mem)? {
@@ -123,40 +150,62 @@ impl PairState {
         a.tx_blocked = blocked;
         a.txq.set_next_used(a.tx_used.next_used());
         let irq = IrqCounters::tx(c);
-        signal(&mut a.tx_used, mem, a.interrupt.as_ref(), a.tx_index, irq)
+        signal(
+            &mut a.tx_used,
+            mem,
+            a.interrupt.as_ref(),
+            a.tx_index,
+            irq,
+            &tr,
+        )
     }
 }
 
-/// Checks one chain and writes it to the TAP.
-fn send(
+/// The trace span of popping and checking one chain.
+fn note(tr: &Option<Tracer<'_>>, popped: Option<std::time::Instant>, head: u16, total: usize) {
+    if let Some(t) = tr {
+        let what = format!("pop tx chain {head}");
+        let args = serde_json::json!({"head": head, "bytes": total});
+        t.span(popped, what, "queue pop", args);
+    }
+}
+
+/// Checks one chain and its vnet header, and gathers it into `iov`; its length, header
+/// included.
+fn prepare(
     chain: DescriptorChain<&GuestMemoryMmap>,
     ram: &RamMap,
-    backend: &dyn NetBackend,
     acked: u64,
     max_desc: usize,
     segs: &mut Vec<Seg>,
     iov: &mut IoVecs,
-) -> Sent {
+) -> Result<usize, Cause> {
     let limit = (HDR_LEN + MAX_FRAME_LEN) as u64;
     let total = match walk(chain, ram, Direction::Read, max_desc, limit, segs) {
         Ok(w) => w.readable as usize,
-        Err(ChainError::TooLong(_)) => return Sent::Drop(Cause::Oversize),
-        Err(_) => return Sent::Drop(Cause::BadChain),
+        Err(ChainError::TooLong(_)) => return Err(Cause::Oversize),
+        Err(_) => return Err(Cause::BadChain),
     };
     if total < HDR_LEN + ETH_HLEN {
-        return Sent::Drop(Cause::Runt);
+        return Err(Cause::Runt);
     }
     let mut raw = [0u8; HDR_LEN];
     if !read_host(segs, 0, &mut raw) {
-        return Sent::Drop(Cause::BadChain);
+        return Err(Cause::BadChain);
     }
     if validate_tx(&VnetHeader::from_bytes(&raw), total - HDR_LEN, acked).is_err() {
-        return Sent::Drop(Cause::BadHeader);
+        return Err(Cause::BadHeader);
     }
     iov.clear();
     iov.push_segs(segs);
-    // SAFETY: each iovec is a segment `walk` found inside guest RAM; `mem` keeps that mapping
-    // alive for the whole call, and the kernel only reads through them.
+    Ok(total)
+}
+
+/// Writes a checked chain (`iov`, `total` bytes) to the TAP.
+fn write(backend: &dyn NetBackend, iov: &IoVecs, total: usize) -> Sent {
+    // SAFETY: each iovec is a segment `walk` found inside guest RAM (`prepare`); the active
+    // pair's `mem` keeps that mapping alive for the whole call, and the kernel only reads
+    // through them.
     match unsafe { backend.writev_raw(iov.as_slice()) } {
         Ok(Some(_)) => Sent::Frame(total - HDR_LEN),
         Ok(None) => Sent::Again,

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{NetError, Shared};
 use super::pair::{TOKEN_STOP, TOKEN_TAP, TOKEN_WAKE};
+use super::trace::Wakeup;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 /// Starts one worker per pair; returns once each has its seccomp filter (or failed to).
@@ -136,14 +137,34 @@ fn run(shared: &Shared, p: usize) {
                         return;
                     }
                 }
-                TOKEN_TAP => shared.tap_ready(p, ev.event_set()),
+                TOKEN_TAP => {
+                    let w = Wakeup::new(shared.timeline());
+                    let flow = w.as_ref().map_or(0, |w| w.flow);
+                    shared.tap_ready(p, ev.event_set(), flow);
+                    if let Some(w) = w {
+                        let events = ev.events;
+                        let name = format!("{}: tap queue {p} ready", shared.name);
+                        let args = serde_json::json!({"pair": p, "events": events, "flow": flow});
+                        w.end(&name, "tap ready", args);
+                    }
+                }
                 q => {
                     let q = q as usize;
                     let Some(evt) = shared.kick_evt(q) else {
                         continue;
                     };
+                    let w = Wakeup::new(shared.timeline());
                     match evt.read() {
-                        Ok(kicks) => shared.kick(q, kicks),
+                        Ok(kicks) => {
+                            let flow = w.as_ref().map_or(0, |w| w.flow);
+                            shared.kick(q, kicks, flow);
+                            if let Some(w) = w {
+                                let name = format!("{}: queue {q} ioeventfd wakeup", shared.name);
+                                let args =
+                                    serde_json::json!({"queue": q, "kicks": kicks, "flow": flow});
+                                w.end(&name, "ioeventfd wakeup", args);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => log::warn!("{}: queue {q} kick: {e}", shared.name),
                     }

@@ -32,6 +32,14 @@ pub trait MsiDelivery: Send {
     fn disarm(&mut self, vector: u16) -> Result<(), IrqError>;
     /// Sends an armed vector's message now.
     fn deliver(&mut self, vector: u16, msg: MsiMessage) -> Result<(), IrqError>;
+    /// How a fired vector reaches KVM, for reports: "irqfd" or "KVM_SIGNAL_MSI".
+    fn path(&self) -> &'static str {
+        "other"
+    }
+    /// The GSI a vector is routed on, if it has one.
+    fn gsi(&self, _vector: u16) -> Option<u32> {
+        None
+    }
 }
 
 struct IrqfdVector {
@@ -62,11 +70,6 @@ impl IrqfdDelivery {
             })
             .collect::<Result<Vec<_>, IrqError>>()?;
         Ok(IrqfdDelivery { router, vectors })
-    }
-
-    /// The GSI of an armed (or once armed) vector.
-    pub fn gsi(&self, vector: u16) -> Option<u32> {
-        self.vectors.get(usize::from(vector))?.gsi
     }
 }
 
@@ -111,6 +114,15 @@ impl MsiDelivery for IrqfdDelivery {
             _ => Ok(()),
         }
     }
+
+    fn path(&self) -> &'static str {
+        "irqfd"
+    }
+
+    /// The GSI of an armed (or once armed) vector.
+    fn gsi(&self, vector: u16) -> Option<u32> {
+        self.vectors.get(usize::from(vector))?.gsi
+    }
 }
 
 impl Drop for IrqfdDelivery {
@@ -146,6 +158,10 @@ impl MsiDelivery for SignalMsiDelivery {
     }
     fn deliver(&mut self, _vector: u16, msg: MsiMessage) -> Result<(), IrqError> {
         self.router.signal_msi(msg).map(|_| ())
+    }
+
+    fn path(&self) -> &'static str {
+        "KVM_SIGNAL_MSI"
     }
 }
 
@@ -203,7 +219,7 @@ pub enum Fired {
 }
 
 /// Counters of an MSI-X function.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct MsixStats {
     pub delivered: u64,
     /// Fired while masked (pending bit set).
@@ -229,6 +245,26 @@ pub struct Msix {
     function_masked: bool,
     delivery: Box<dyn MsiDelivery>,
     stats: MsixStats,
+    /// Per vector: fires delivered to KVM (at once or at unmask).
+    delivered: Vec<u64>,
+}
+
+/// One vector as a report shows it: its message, state, route and how often it fired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VectorReport {
+    pub vector: u16,
+    pub address: u64,
+    pub data: u32,
+    pub masked: bool,
+    pub pending: bool,
+    /// Armed with KVM now (route + irqfd in place, for irqfd delivery).
+    pub armed: bool,
+    pub in_use: bool,
+    pub gsi: Option<u32>,
+    /// "irqfd" or "KVM_SIGNAL_MSI".
+    pub path: &'static str,
+    /// Interrupts delivered to KVM through this vector.
+    pub delivered: u64,
 }
 
 impl Msix {
@@ -250,7 +286,37 @@ impl Msix {
             function_masked: false,
             delivery,
             stats: MsixStats::default(),
+            delivered: vec![0; n],
         }
+    }
+
+    /// How fired vectors reach KVM: "irqfd" or "KVM_SIGNAL_MSI".
+    pub fn path(&self) -> &'static str {
+        self.delivery.path()
+    }
+
+    /// The vectors a report shows: those in use, armed, pending or ever delivered.
+    pub fn report(&self) -> Vec<VectorReport> {
+        (0..self.entries.len())
+            .filter(|&v| {
+                self.in_use[v] || self.armed[v] || self.pending[v] || self.delivered[v] > 0
+            })
+            .map(|v| {
+                let msg = self.entries[v].msg();
+                VectorReport {
+                    vector: v as u16,
+                    address: msg.address,
+                    data: msg.data,
+                    masked: self.masked(v),
+                    pending: self.pending[v],
+                    armed: self.armed[v],
+                    in_use: self.in_use[v],
+                    gsi: self.delivery.gsi(v as u16),
+                    path: self.delivery.path(),
+                    delivered: self.delivered[v],
+                }
+            })
+            .collect()
     }
 
     pub fn nr_vectors(&self) -> u16 {
@@ -382,6 +448,7 @@ impl Msix {
         match self.delivery.deliver(v as u16, self.entries[v].msg()) {
             Ok(()) => {
                 self.stats.delivered += 1;
+                self.delivered[v] += 1;
                 Fired::Delivered
             }
             Err(e) => {

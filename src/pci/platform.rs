@@ -9,7 +9,7 @@ use super::root::{Conf1, Ecam, PciRoot, CONF1_LEN, CONF1_PORT};
 use super::PciError;
 use crate::arch::x86_64::layout;
 use crate::bus::Bus;
-use crate::event_loop::{EventLoop, EventLoopError, EventLoopHandle, StopSignal};
+use crate::event_loop::{EventLoop, EventLoopError, EventLoopHandle, SourceCounter, StopSignal};
 use crate::kvm::ioevent::{IoEventRegistry, KvmIoEvents};
 use crate::kvm::irq::{IrqRouting, KvmIrqRouter};
 use crate::kvm::vm::Vm;
@@ -46,6 +46,8 @@ pub struct PciPlatform {
     virtio: Vec<VirtioSlot>,
     /// Filled while devices are added; taken by `start`.
     event_loop: Option<EventLoop>,
+    /// The event loop's sources and their dispatch counters (kept when it starts).
+    loop_counters: Vec<SourceCounter>,
 }
 
 impl PciPlatform {
@@ -73,6 +75,7 @@ impl PciPlatform {
             mem: vm.memory().clone(),
             virtio: Vec::new(),
             event_loop: Some(EventLoop::new()?),
+            loop_counters: Vec::new(),
         })
     }
 
@@ -142,8 +145,19 @@ impl PciPlatform {
         init: Box<dyn FnOnce() + Send>,
     ) -> Result<Option<EventLoopHandle>, PlatformError> {
         match self.event_loop.take() {
-            Some(lp) if !lp.is_empty() => Ok(Some(lp.start_with(stop, init)?)),
+            Some(lp) if !lp.is_empty() => {
+                self.loop_counters = lp.counters();
+                Ok(Some(lp.start_with(stop, init)?))
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// The event loop's sources with their live dispatch counters.
+    pub fn loop_counters(&self) -> Vec<SourceCounter> {
+        match &self.event_loop {
+            Some(lp) => lp.counters(),
+            None => self.loop_counters.clone(),
         }
     }
 

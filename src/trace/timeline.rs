@@ -143,6 +143,16 @@ impl Timeline {
         });
     }
 
+    /// Whether an event of flow `id` was kept at or after position `mark` (a `len().0` taken
+    /// earlier): a flow is started only once it has a step, so idle wakeups leave no chain.
+    pub fn flow_since(&self, mark: usize, id: u64) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.events.get(mark..).is_some_and(|tail| {
+            tail.iter()
+                .any(|e| matches!(e, Event::Flow { id: i, .. } if *i == id))
+        })
+    }
+
     /// Events kept and events dropped for lack of room.
     pub fn len(&self) -> (usize, u64) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -314,6 +324,11 @@ pub fn summary(json: &Value, last: usize) -> Result<String, SummaryError> {
                 s.thread,
                 s.name
             ));
+        }
+        if steps.last().is_some_and(|s| s.name != "interrupt") {
+            out.push_str(
+                "  (no interrupt: the driver did not want one (EVENT_IDX / NO_INTERRUPT), or a later run sent it)\n",
+            );
         }
     }
     Ok(out)

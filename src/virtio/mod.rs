@@ -19,6 +19,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::trace::timeline::Timeline;
+
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -56,6 +58,23 @@ pub enum InterruptError {
 /// The device's handle for interrupting the driver. Cheap to call from any thread.
 pub trait VirtioInterrupt: Send + Sync {
     fn trigger(&self, kind: VirtioInterruptType) -> Result<(), InterruptError>;
+
+    /// As `trigger`, for work done on behalf of trace flow `flow` (a kick the device's own
+    /// thread took; 0: none): the interrupt ends that flow on the `--trace` timeline.
+    fn trigger_in_flow(&self, kind: VirtioInterruptType, _flow: u64) -> Result<(), InterruptError> {
+        self.trigger(kind)
+    }
+
+    /// The `--trace` timeline, when the VM is traced.
+    fn timeline(&self) -> Option<Arc<Timeline>> {
+        None
+    }
+
+    /// The flow of the kick the transport is serving on the calling thread (notify=exit: the
+    /// MMIO exit), 0 if none.
+    fn current_flow(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -138,6 +138,18 @@ impl VirtioPciInterrupt {
 
 impl VirtioInterrupt for VirtioPciInterrupt {
     fn trigger(&self, kind: VirtioInterruptType) -> Result<(), InterruptError> {
+        self.trigger_in_flow(kind, self.flow.load(Ordering::Relaxed))
+    }
+
+    fn timeline(&self) -> Option<Arc<Timeline>> {
+        self.timeline.get().cloned()
+    }
+
+    fn current_flow(&self) -> u64 {
+        self.flow.load(Ordering::Relaxed)
+    }
+
+    fn trigger_in_flow(&self, kind: VirtioInterruptType, flow: u64) -> Result<(), InterruptError> {
         let (bit, vector) = match kind {
             VirtioInterruptType::Config => (ISR_CONFIG, self.config_vector()),
             VirtioInterruptType::Queue(q) => {
@@ -165,7 +177,6 @@ impl VirtioInterrupt for VirtioPciInterrupt {
                 Instant::now(),
                 serde_json::json!({ "vector": vector, "isr": bit }),
             );
-            let flow = self.flow.load(Ordering::Relaxed);
             if flow != 0 {
                 tl.flow(flow, "interrupt", Flow::End, t0);
             }

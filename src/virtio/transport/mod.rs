@@ -30,8 +30,10 @@ use crate::virtio::{DeviceError, DeviceOptions, IrqMode, NotifyMode, VirtioDevic
 mod common;
 pub mod interrupt;
 pub mod layout;
+mod report;
 
 pub use interrupt::{VirtioPciInterrupt, NO_VECTOR};
+pub use report::{DeviceReport, QueueReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -58,7 +60,7 @@ pub enum TransportError {
 }
 
 /// Counters of the transport: guest mistakes and the notify paths.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct TransportStats {
     /// Kicks that arrived by ioeventfd (through the event loop).
     pub ioeventfd_kicks: u64,
@@ -128,6 +130,8 @@ pub struct VirtioPciDevice {
     device_polls_kicks: bool,
 
     stats: TransportStats,
+    /// Per queue: kicks that reached the transport by ioeventfd (event loop) and by exit.
+    queue_kicks: Vec<[u64; 2]>,
 }
 
 impl VirtioPciDevice {
@@ -247,6 +251,7 @@ impl VirtioPciDevice {
             notify_evts,
             bar_addr: None,
             stats: TransportStats::default(),
+            queue_kicks: vec![[0; 2]; sizes.len()],
             device_polls_kicks,
             device,
         })
@@ -294,6 +299,9 @@ impl VirtioPciDevice {
     /// The event loop's entry: queue `q`'s ioeventfd fired (the eventfd is already read).
     pub fn queue_notified(&mut self, q: u16) {
         self.stats.ioeventfd_kicks += 1;
+        if let Some(k) = self.queue_kicks.get_mut(usize::from(q)) {
+            k[0] += 1;
+        }
         self.kick(usize::from(q), "ioeventfd wakeup");
     }
 
@@ -363,6 +371,7 @@ impl VirtioPciDevice {
         }
         let q = q as usize;
         self.stats.exit_kicks += 1;
+        self.queue_kicks[q][1] += 1;
         match self.options.notify {
             // The device runs here, on the vCPU thread.
             NotifyMode::Exit => self.kick(q, "mmio exit"),
