@@ -20,25 +20,32 @@ fn socket(name: &str) -> PathBuf {
 
 /// Starts trapvisor with the API and waits until the guest printed `ready`.
 fn start(sock: &Path, cmdline: &str, ready: &str) -> Child {
+    start_with(sock, &[], cmdline, ready).0
+}
+
+/// As `start`, with more options; also returns what the guest printed up to `ready`.
+fn start_with(sock: &Path, extra: &[&str], cmdline: &str, ready: &str) -> (Child, String) {
     let mut child = common::trapvisor()
         .args(["run", "--api-socket"])
         .arg(sock)
+        .args(extra)
         .args(["--cmdline", cmdline])
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
+    let (mut line, mut seen) = (String::new(), String::new());
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && out.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
         if line.contains(ready) {
             break;
         }
         line.clear();
     }
-    assert!(line.contains(ready), "guest never printed {ready}");
+    assert!(line.contains(ready), "guest never printed {ready}:\n{seen}");
     // Keep draining stdout so the guest never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
-    child
+    (child, seen)
 }
 
 fn count(stats: &Value, reason: &str, place: &str) -> u64 {
@@ -150,4 +157,53 @@ fn ctl_prints_tables_and_draws_the_histogram() {
     let out = common::run(&["ctl", "--api-socket", s, "stats"]);
     assert_eq!(out.code, Some(1), "{}", out.dump());
     assert!(out.stderr.contains("cannot connect"), "{}", out.dump());
+}
+
+#[test]
+fn stats_show_kicks_dispatches_and_interrupts_per_vector_of_an_event_loop_device() {
+    let sock = socket("rng");
+    let (child, seen) = start_with(&sock, &["--rng"], "rng idle", "idle: halted");
+    let taken: u64 = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("rng: interrupts="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no interrupt count in:\n{seen}"));
+    let stats = request(&sock, "GET", "/stats").unwrap();
+    let dev = &stats["devices"][0];
+    assert_eq!(dev["device"], "virtio-rng@00:01.0", "{stats}");
+    assert_eq!(dev["own_threads"], false, "{dev}");
+    // The guest wrote the notify register once: one ioeventfd kick, no exit, one dispatch.
+    assert_eq!(dev["queues"][0]["kicks_ioeventfd"], 1, "{dev}");
+    assert_eq!(dev["queues"][0]["kicks_exit"], 0, "{dev}");
+    let sources = stats["event_loop"].as_array().unwrap();
+    let q0 = sources
+        .iter()
+        .find(|s| s["source"] == "virtio-rng@00:01.0 queue 0")
+        .unwrap_or_else(|| panic!("no event-loop source for the queue: {stats}"));
+    assert_eq!(q0["dispatches"], 1, "{stats}");
+    // Every interrupt the guest took came through vector 0, by irqfd on a GSI of its own.
+    let v0 = dev["interrupts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vector"] == 0)
+        .unwrap_or_else(|| panic!("vector 0 missing: {dev}"));
+    assert_eq!(v0["delivered"], taken, "{dev}");
+    assert_eq!(v0["path"], "irqfd", "{dev}");
+    assert!(v0["gsi"].as_u64().is_some_and(|g| g >= 24), "{dev}");
+    assert_eq!(
+        dev["counters"]["requests"].as_u64().map(|n| n > 0),
+        Some(true),
+        "{dev}"
+    );
+    // The guest reset the device when it was done: no ioeventfd left in the map.
+    let map = request(&sock, "GET", "/map").unwrap();
+    assert_eq!(
+        map["ioeventfds"].as_array().map(|a| a.len()),
+        Some(0),
+        "{map}"
+    );
+    request(&sock, "PUT", "/vm/shutdown").unwrap();
+    let out = common::wait(child, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
 }

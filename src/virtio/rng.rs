@@ -240,6 +240,22 @@ impl VirtioDevice for Rng {
             s.requests, s.bytes, s.bad_chains
         )
     }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        let s = self.stats;
+        [
+            ("requests", s.requests),
+            ("bytes", s.bytes),
+            ("bad_chains", s.bad_chains),
+            ("entropy_errors", s.entropy_errors),
+            ("interrupts", s.interrupts),
+            ("interrupt_errors", s.interrupt_errors),
+            ("kicks", s.kicks),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 /// Without EVENT_IDX, the driver's VRING_AVAIL_F_NO_INTERRUPT flag (virtio-queue leaves it
