@@ -129,6 +129,8 @@ pub struct Vmm {
     timeline: Option<Arc<Timeline>>,
     seccomp: SeccompMode,
     seccomp_selftest: bool,
+    /// Exit statistics recorded (on unless `set_exit_stats(false)`).
+    exit_stats_on: bool,
 }
 
 impl Vmm {
@@ -229,6 +231,7 @@ impl Vmm {
             timeline: None,
             seccomp: SeccompMode::Off,
             seccomp_selftest: false,
+            exit_stats_on: true,
         })
     }
 
@@ -283,6 +286,12 @@ impl Vmm {
     pub fn set_seccomp(&mut self, mode: SeccompMode, selftest: bool) {
         self.seccomp = mode;
         self.seccomp_selftest = selftest;
+    }
+
+    /// Turns the per-exit statistics off (they are on by default): only to measure what they
+    /// cost (`cargo bench --bench exits`).
+    pub fn set_exit_stats(&mut self, on: bool) {
+        self.exit_stats_on = on;
     }
 
     /// Records a timeline of this VM's work (exits, queue work, interrupts) into `timeline`.
@@ -344,6 +353,10 @@ impl Vmm {
             &self.pio,
             &self.mmio,
         ));
+        // The devices' side: kicks per queue, interrupts per vector, device counters.
+        use crate::api::VmApi;
+        let view = self.api_view(serde_json::Value::Null);
+        out.push_str(&crate::api::client::format_devices(&view.stats()));
         out
     }
 
@@ -364,6 +377,7 @@ impl Vmm {
             timeline: self.timeline.clone(),
             seccomp: self.seccomp,
             seccomp_selftest: self.seccomp_selftest,
+            exit_stats: self.exit_stats_on,
         };
         // virtio-net queue pairs run on worker threads of their own, made here (a vCPU thread
         // may not create threads); they end with the VM and are joined after the vCPUs.

@@ -129,7 +129,7 @@ fn guest_pings_host(tag: &str, options: &str) {
     let notify_exits = out
         .stderr
         .lines()
-        .any(|l| l.contains("virtio-net") && l.contains("notify"));
+        .any(|l| l.contains("mmio virtio-net notify"));
     assert_eq!(
         notify_exits,
         options.contains("notify=exit"),

@@ -48,7 +48,7 @@ fn rng_run(opts: Option<&str>) -> common::Output {
 fn notify_exited(out: &common::Output) -> bool {
     out.stderr
         .lines()
-        .any(|l| l.contains("virtio-rng") && l.contains("notify"))
+        .any(|l| l.contains("mmio virtio-rng notify"))
 }
 
 #[test]

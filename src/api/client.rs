@@ -158,7 +158,7 @@ fn wrap(words: &[String], indent: &str, width: usize) -> String {
 }
 
 /// Per device: queues (kicks by path), interrupts per vector, non-zero device counters.
-fn format_devices(stats: &Value) -> String {
+pub fn format_devices(stats: &Value) -> String {
     let mut out = String::new();
     for d in stats["devices"].as_array().into_iter().flatten() {
         out.push_str(&format!(

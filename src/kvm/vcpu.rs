@@ -49,6 +49,9 @@ pub struct VcpuContext {
     pub seccomp: SeccompMode,
     /// Test hook: make one forbidden syscall right after the filter is in place.
     pub seccomp_selftest: bool,
+    /// Record each exit's count and handling time (on by default; off only to measure what
+    /// recording costs).
+    pub exit_stats: bool,
 }
 
 /// Where to reach a running vCPU from another thread.
@@ -189,6 +192,31 @@ fn decode<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> Exit<'a> {
     }
 }
 
+/// Records one handled exit: its count and handling time, and a timeline span when tracing.
+fn record(ctx: &VcpuContext, stats: &Mutex<ExitStats>, handled: &Handled, exited: Instant) {
+    let done = Instant::now();
+    if let Some(tl) = &ctx.timeline {
+        let place = handled
+            .target
+            .map(|t| exits::place(&t, &ctx.pio, &ctx.mmio))
+            .unwrap_or_default();
+        tl.span(
+            handled.kind.name(),
+            "exit",
+            exited,
+            done,
+            serde_json::json!({ "where": place }),
+        );
+    }
+    if ctx.exit_stats {
+        let ns = done.saturating_duration_since(exited).as_nanos() as u64;
+        stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(handled.kind, handled.target, ns);
+    }
+}
+
 fn run_loop(
     fd: &mut VcpuFd,
     id: u8,
@@ -205,7 +233,8 @@ fn run_loop(
             return;
         }
         let result = fd.run();
-        let exited = Instant::now();
+        let timed = ctx.exit_stats || ctx.timeline.is_some();
+        let exited = timed.then(Instant::now);
         let handled = match result {
             Ok(exit) => handle_exit(decode(exit, run), &buses),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Handled {
@@ -219,25 +248,9 @@ fn run_loop(
                 target: None,
             },
         };
-        let done = Instant::now();
-        let ns = done.saturating_duration_since(exited).as_nanos() as u64;
-        if let Some(tl) = &ctx.timeline {
-            let place = handled
-                .target
-                .map(|t| exits::place(&t, &ctx.pio, &ctx.mmio))
-                .unwrap_or_default();
-            tl.span(
-                handled.kind.name(),
-                "exit",
-                exited,
-                done,
-                serde_json::json!({ "where": place }),
-            );
+        if let Some(exited) = exited {
+            record(ctx, stats, &handled, exited);
         }
-        stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(handled.kind, handled.target, ns);
         match handled.action {
             ExitAction::Continue => {
                 // A pause (API) parks the vCPU here, outside KVM_RUN, until resumed or stopped.
@@ -248,7 +261,7 @@ fn run_loop(
                 }
             }
             ExitAction::Stop(reason) => {
-                if reason.is_failure() {
+                if reason.wants_vcpu_report() {
                     let report = fatal_report(fd, id, &reason.to_string(), &ctx.memory);
                     ctx.control.set_report(report);
                 }
