@@ -129,15 +129,8 @@ impl PairState {
                     a.tx_used.publish(mem)?;
                 }
                 if a.tx_used.unsignalled() >= BATCH {
-                    let irq = IrqCounters::tx(c);
-                    signal(
-                        &mut a.tx_used,
-                        mem,
-                        a.interrupt.as_ref(),
-                        a.tx_index,
-                        irq,
-                        &tr,
-                    )?;
+                    let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
+                    signal(&mut a.tx_used, mem, intr, a.tx_index, irq, &tr)?;
                 }
                 popped = trace::now(&tr);
             }
@@ -149,15 +142,8 @@ impl PairState {
         iov.clear();
         a.tx_blocked = blocked;
         a.txq.set_next_used(a.tx_used.next_used());
-        let irq = IrqCounters::tx(c);
-        signal(
-            &mut a.tx_used,
-            mem,
-            a.interrupt.as_ref(),
-            a.tx_index,
-            irq,
-            &tr,
-        )
+        let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
+        signal(&mut a.tx_used, mem, intr, a.tx_index, irq, &tr)
     }
 }
 
