@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Host side of the built-in guest's UDP commands (run it inside the test namespace).
 
-  net-host.py send DST PORT [--count N] [--pps N] [--size B] [--seconds S]
-      sends test datagrams (the format of net.udp-tx / net.udp-rx, below) to DST:PORT;
-      prints `host: send dst=... sent=N seconds=S pps=P`.
+  net-host.py send DST PORT [--count N] [--pps N] [--size B] [--seconds S] [--flows F]
+      sends test datagrams (the format of net.udp-tx / net.udp-rx, below) to DST:PORT, datagram
+      k from source port 40000 + k mod F (F flows, so a multiqueue TAP spreads them over its
+      queues by flow hash; default 1: an ephemeral port); prints
+      `host: send dst=... sent=N seconds=S pps=P`.
   net-host.py recv PORT [--seconds S] [--expect N]
       receives test datagrams on PORT for S seconds (or until --expect of them arrived,
       then 0.5 s of quiet), checks each; prints
@@ -48,7 +50,12 @@ def check(data):
 
 
 def send(args):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    socks = []
+    for f in range(args.flows):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if args.flows > 1:
+            s.bind(("0.0.0.0", 40000 + f))
+        socks.append(s)
     bodies = {}
     interval = 1.0 / args.pps if args.pps else 0.0
     start = time.monotonic()
@@ -67,7 +74,7 @@ def send(args):
         body = bodies[key]
         data = MAGIC + struct.pack(">III", seq, args.size, zlib.crc32(body)) + body
         try:
-            s.sendto(data, (args.dst, args.port))
+            socks[seq % len(socks)].sendto(data, (args.dst, args.port))
         except OSError as e:  # e.g. ENOBUFS under load: count it as not sent
             print(f"host: send error {e}", file=sys.stderr)
             continue
@@ -196,6 +203,7 @@ def main():
     a.add_argument("--pps", type=float, default=0)
     a.add_argument("--size", type=int, default=64)
     a.add_argument("--seconds", type=float)
+    a.add_argument("--flows", type=int, default=1)
     a = sub.add_parser("recv")
     a.add_argument("port", type=int)
     a.add_argument("--seconds", type=float, default=10)

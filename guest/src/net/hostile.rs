@@ -199,20 +199,21 @@ pub fn case(net: &mut Net, peer: u32, k: usize) -> Result<Outcome, &'static str>
     }
 
     let before = NetDev::irqs();
+    net.dev.tx_pair = 0;
     let head = if name == "avail-idx-jump" {
         // Publish an index a ring and a half beyond what was added: no chain behind it.
-        let idx = net
-            .dev
+        let idx = net.dev.pairs[0]
             .tx
             .avail_idx()
-            .wrapping_add(net.dev.tx.size() * 3 / 2);
-        net.dev.tx.publish_raw_idx(idx);
+            .wrapping_add(net.dev.pairs[0].tx.size() * 3 / 2);
+        net.dev.pairs[0].tx.publish_raw_idx(idx);
         net.dev.notify_tx();
         None
     } else {
         // SAFETY: the addresses are this page, the transmit buffers (read only), or addresses
         // outside RAM on purpose; device-writable descriptors point only into this page.
-        let head = unsafe { net.dev.tx.add_raw(&chain[..n]) }.ok_or("hostile: queue full")?;
+        let head =
+            unsafe { net.dev.pairs[0].tx.add_raw(&chain[..n]) }.ok_or("hostile: queue full")?;
         net.dev.kick_tx_always();
         Some(head)
     };
@@ -226,7 +227,7 @@ pub fn case(net: &mut Net, peer: u32, k: usize) -> Result<Outcome, &'static str>
             };
         }
         if let Some(h) = head {
-            if !net.dev.tx.is_outstanding(h) {
+            if !net.dev.pairs[0].tx.is_outstanding(h) {
                 break Outcome::Used;
             }
         }

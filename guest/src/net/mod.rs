@@ -52,6 +52,8 @@ impl Wait {
 pub enum NetCommand {
     /// `net.ip=ADDR/PREFIX`: the stack's address (taken before any command runs).
     Ip { addr: u32, prefix: u8 },
+    /// `net.pairs=N`: queue pairs to drive (1 or 2; taken before any command runs).
+    Pairs(u8),
     /// `net.info`.
     Info,
     /// `net.ping=DST[,count=N][,interval=MS][,size=B][,timeout=MS][,wait=W]`.
@@ -63,17 +65,29 @@ pub enum NetCommand {
         timeout_ms: u32,
         wait: Wait,
     },
-    /// `net.udp-tx=DST:PORT[,pps=N][,seconds=S][,size=B][,wait=W]`.
+    /// `net.udp-tx=DST:PORT[,pps=N][,seconds=S][,count=N][,size=B][,flows=F][,wait=W]`:
+    /// `flows` source ports (30326 + f), datagram k from flow k mod F on pair f mod pairs;
+    /// `count` (0: no limit) ends it early after N datagrams.
     UdpTx {
         dst: u32,
         port: u16,
         pps: u32,
         seconds: u32,
         size: u32,
+        count: u32,
+        flows: u32,
         wait: Wait,
     },
-    /// `net.udp-rx=PORT[,seconds=S][,wait=W]`.
-    UdpRx { port: u16, seconds: u32, wait: Wait },
+    /// `net.udp-rx=PORT[,seconds=S][,stall=MS][,stall_at=MS][,wait=W]`: with `stall`, no
+    /// receive buffer is reposted for MS milliseconds from `stall_at` ms after the first
+    /// datagram.
+    UdpRx {
+        port: u16,
+        seconds: u32,
+        stall_ms: u32,
+        stall_at_ms: u32,
+        wait: Wait,
+    },
     /// `net.echo[,seconds=S][,wait=W]` (seconds 0: until the VMM stops the guest).
     Echo { seconds: u32, wait: Wait },
     /// `net.hostile[=PEER][,jump=0|1]` (PEER 0: the subnet's first address; jump: include
@@ -87,6 +101,7 @@ const MAX_PING_COUNT: u32 = 16384;
 
 static IP: AtomicU32 = AtomicU32::new(DEFAULT_IP);
 static PREFIX: AtomicU32 = AtomicU32::new(DEFAULT_PREFIX);
+static PAIRS: AtomicU32 = AtomicU32::new(1);
 
 fn number(s: &str) -> Option<u32> {
     if let Some(hex) = s.strip_prefix("0x") {
@@ -130,6 +145,9 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
             let prefix = in_range(number(p), 1, 31).ok_or(bad)? as u8;
             NetCommand::Ip { addr, prefix }
         }
+        ("pairs", Some(v)) => {
+            NetCommand::Pairs(in_range(number(v), 1, dev::MAX_PAIRS as u32).ok_or(bad)? as u8)
+        }
         ("info", None) => NetCommand::Info,
         ("ping", Some(v)) => NetCommand::Ping {
             dst: proto::parse_ip(v).ok_or(bad)?,
@@ -147,12 +165,16 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
                 pps: 1000,
                 seconds: 1,
                 size: 64,
+                count: 0,
+                flows: 1,
                 wait: Wait::Irq,
             }
         }
         ("udp-rx", Some(v)) => NetCommand::UdpRx {
             port: in_range(number(v), 1, 65535).ok_or(bad)? as u16,
             seconds: 10,
+            stall_ms: 0,
+            stall_at_ms: 1000,
             wait: Wait::Irq,
         },
         ("echo", None) => NetCommand::Echo {
@@ -166,7 +188,7 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
             },
             jump: true,
         },
-        ("ip" | "info" | "ping" | "udp-tx" | "udp-rx" | "echo", _) => return Err(bad),
+        ("ip" | "pairs" | "info" | "ping" | "udp-tx" | "udp-rx" | "echo", _) => return Err(bad),
         _ => return Err(ParseError::Unknown(word)),
     };
     if tail.is_empty() {
@@ -198,8 +220,16 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
                 *size =
                     in_range(n, proto::TEST_HDR as u32, proto::MAX_UDP_PAYLOAD as u32).ok_or(bad)?
             }
+            (NetCommand::UdpTx { flows, .. }, "flows") => *flows = in_range(n, 1, 64).ok_or(bad)?,
+            (NetCommand::UdpTx { count, .. }, "count") => *count = n.ok_or(bad)?,
             (NetCommand::UdpRx { seconds, .. }, "seconds") => {
                 *seconds = in_range(n, 1, 3600).ok_or(bad)?
+            }
+            (NetCommand::UdpRx { stall_ms, .. }, "stall") => {
+                *stall_ms = in_range(n, 0, 600_000).ok_or(bad)?
+            }
+            (NetCommand::UdpRx { stall_at_ms, .. }, "stall_at") => {
+                *stall_at_ms = in_range(n, 0, 600_000).ok_or(bad)?
             }
             (NetCommand::Echo { seconds, .. }, "seconds") => {
                 *seconds = in_range(n, 0, 1_000_000).ok_or(bad)?
@@ -220,12 +250,22 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
     Ok(cmd)
 }
 
-/// Applies `net.ip` before any command runs, wherever it stands on the command line.
+/// Applies `net.ip` and `net.pairs` before any command runs, wherever they stand on the
+/// command line.
 pub fn configure(cmd: &NetCommand) {
-    if let NetCommand::Ip { addr, prefix } = *cmd {
-        IP.store(addr, Ordering::Relaxed);
-        PREFIX.store(u32::from(prefix), Ordering::Relaxed);
+    match *cmd {
+        NetCommand::Ip { addr, prefix } => {
+            IP.store(addr, Ordering::Relaxed);
+            PREFIX.store(u32::from(prefix), Ordering::Relaxed);
+        }
+        NetCommand::Pairs(n) => PAIRS.store(u32::from(n), Ordering::Relaxed),
+        _ => {}
     }
+}
+
+/// Queue pairs asked for (`net.pairs`).
+fn pairs_wanted() -> usize {
+    PAIRS.load(Ordering::Relaxed) as usize
 }
 
 /// The device and stack, shared by CPL0 and the CPL3 tasks (one runs at a time).
@@ -284,7 +324,7 @@ fn up(info: &BootInfo) -> &'static mut Net {
         );
     };
     time::calibrate();
-    let d = match NetDev::init(&func) {
+    let d = match NetDev::init(&func, pairs_wanted()) {
         Ok(d) => d,
         Err(e) => crate::fail!("net: {}: {}", func.bdf, e),
     };
@@ -293,13 +333,14 @@ fn up(info: &BootInfo) -> &'static mut Net {
         PREFIX.load(Ordering::Relaxed) as u8,
     );
     println!(
-        "net: up {} mac={} ip={}/{} rx_size={} tx_size={}",
+        "net: up {} mac={} ip={}/{} rx_size={} tx_size={} pairs={}",
         func.bdf,
         MacFmt(d.mac),
         Ip(ip),
         prefix,
-        d.rx.size(),
-        d.tx.size()
+        d.pairs[0].rx.size(),
+        d.pairs[0].tx.size(),
+        d.npairs
     );
     let stack = Stack::new(d.mac, ip, prefix);
     net.write(Net {
@@ -318,7 +359,7 @@ fn up(info: &BootInfo) -> &'static mut Net {
 
 /// Sets the device up again after it asked for a reset (or was sent nonsense). CPL0.
 fn reinit(net: &mut Net) {
-    match NetDev::init(&net.func) {
+    match NetDev::init(&net.func, pairs_wanted()) {
         Ok(d) => net.dev = d,
         Err(e) => crate::fail!("net: {}: set-up after reset: {}", net.func.bdf, e),
     }
@@ -365,6 +406,7 @@ fn run_job(net: &mut Net, cmd: NetCommand, case: usize, fail: bool) -> &'static 
 pub fn run(cmd: NetCommand, info: &BootInfo) {
     match cmd {
         NetCommand::Ip { addr, prefix } => println!("net: ip={}/{}", Ip(addr), prefix),
+        NetCommand::Pairs(n) => println!("net: pairs={}", n),
         NetCommand::Info => print_info(up(info)),
         NetCommand::Hostile { peer, jump } => hostile::run(up(info), peer, jump),
         _ => {
@@ -390,7 +432,7 @@ fn print_info(net: &Net) {
     }
     let (rx_irqs, tx_irqs, cfg_irqs) = NetDev::irqs();
     println!(
-        "net: info bdf={} mac={} ip={}/{} offered={:#x} accepted={:#x} features={} queue_pairs=1 max_queue_pairs={} rx_size={} tx_size={} rx_max={} tx_max={} msix_table={} msix_used={} vectors=config:{:#x},rx:{:#x},tx:{:#x} link={} tsc_khz={} tsc_source={} irqs=rx:{},tx:{},config:{}",
+        "net: info bdf={} mac={} ip={}/{} offered={:#x} accepted={:#x} features={} queue_pairs={} max_queue_pairs={} rx_size={} tx_size={} rx_max={} tx_max={} msix_table={} msix_used={} vectors=config:{:#x},rx:{:#x},tx:{:#x} link={} tsc_khz={} tsc_source={} irqs=rx:{},tx:{},config:{}",
         d.bdf,
         MacFmt(d.mac),
         Ip(net.stack.ip),
@@ -398,16 +440,17 @@ fn print_info(net: &Net) {
         d.offered,
         d.accepted,
         core::str::from_utf8(&names[..len]).unwrap_or("?"),
+        d.npairs,
         d.max_queue_pairs().unwrap_or(1),
-        d.rx.size(),
-        d.tx.size(),
+        d.pairs[0].rx.size(),
+        d.pairs[0].tx.size(),
         d.rx_max,
         d.tx_max,
         d.msix_table,
         d.msix_used,
-        if d.msix_used == 3 { dev::CONFIG_VECTOR } else { 0 },
+        if d.msix_used >= 3 { dev::CONFIG_VECTOR } else { 0 },
         dev::RX_VECTOR,
-        if d.msix_used == 3 { dev::TX_VECTOR } else { dev::RX_VECTOR },
+        if d.msix_used >= 3 { dev::TX_VECTOR } else { dev::RX_VECTOR },
         match d.link_status() {
             Some(s) if s & 1 != 0 => "up",
             Some(_) => "down",

@@ -319,30 +319,33 @@ impl Net {
         ticks.saturating_mul(10_000) / self.khz.max(1)
     }
 
-    /// Drains both used rings: every received frame is handled (`on_event` gets what the stack
-    /// leaves, with the TSC when the batch was seen), its buffer reposted; sent frames are
-    /// taken back; then both queues are published and kicked as the device wants. Returns the
-    /// frames received.
+    /// Drains every used ring: every received frame is handled (`on_event` gets what the
+    /// stack leaves, with the TSC when the batch was seen; replies go out on the pair the frame
+    /// came in on), its buffer reposted; sent frames are taken back; then every queue is
+    /// published and kicked as the device wants. Returns the frames received.
     pub fn poll(
         &mut self,
         mut on_event: impl FnMut(&mut NetDev, &mut Stack, Event<'_>, u64) -> Result<(), &'static str>,
     ) -> Result<u32, &'static str> {
         let mut n = 0;
         let mut progress = false;
-        if self.dev.rx.used_pending() != 0 {
+        if self.dev.rx_pending() {
             let seen = cpu::rdtsc();
-            while let Some((id, frame)) = self.dev.rx_next()? {
+            let tx_pair = self.dev.tx_pair;
+            while let Some((pair, id, frame)) = self.dev.rx_next()? {
                 n += 1;
+                self.dev.tx_pair = pair;
                 let ev = handle(&mut self.dev, &mut self.stack, frame)?;
                 if let Some(ev) = ev {
                     on_event(&mut self.dev, &mut self.stack, ev, seen)?;
                 }
-                self.dev.rx_done(id);
+                self.dev.rx_done(pair, id);
             }
+            self.dev.tx_pair = tx_pair;
             self.dev.kick_rx();
             progress = true;
         }
-        if self.dev.tx.used_pending() != 0 {
+        if self.dev.tx_pending() {
             self.dev.tx_reclaim()?;
             progress = true;
         }

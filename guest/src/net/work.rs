@@ -3,11 +3,12 @@
 //! line per command.
 use super::proto::{self, Ip, MacFmt};
 use super::stack::{echo_frame, send, udp_frame, Dest, Event, PING_ID};
-use super::{hostile, Job, Net, NetCommand, MAX_PING_COUNT};
+use super::{hostile, Job, Net, NetCommand, Wait, MAX_PING_COUNT};
 use crate::cpu::rdtsc;
-use crate::drivers::net::NetDev;
+use crate::drivers::net::{NetDev, MAX_PAIRS};
 use crate::sync::Global;
-use crate::{ulog, user};
+use crate::{cpu, idt, ulog, user};
+use core::sync::atomic::Ordering;
 
 /// Round-trip times of one `net.ping`, in tenths of a microsecond.
 #[link_section = ".noinit.net"]
@@ -16,6 +17,8 @@ static RTTS: Global<[u32; MAX_PING_COUNT as usize]> = Global::new([0; MAX_PING_C
 const TX_BATCH: u32 = 32;
 /// How long a command waits for its last frames to leave.
 const DRAIN_MS: u64 = 200;
+/// Source port of `net.udp-tx`'s first flow ("tv"); flow f uses this + f.
+const TX_SPORT: u16 = 0x7476;
 
 /// Runs the job's command (CPL3).
 pub fn run(net: &mut Net, job: &mut Job) -> Result<(), &'static str> {
@@ -34,15 +37,23 @@ pub fn run(net: &mut Net, job: &mut Job) -> Result<(), &'static str> {
             pps,
             seconds,
             size,
+            count,
+            flows,
             ..
-        } => udp_tx(net, dst, port, pps, seconds, size as usize),
-        NetCommand::UdpRx { port, seconds, .. } => udp_rx(net, port, seconds),
+        } => udp_tx(net, dst, port, (pps, seconds, count), size as usize, flows),
+        NetCommand::UdpRx {
+            port,
+            seconds,
+            stall_ms,
+            stall_at_ms,
+            ..
+        } => udp_rx(net, port, seconds, (stall_ms, stall_at_ms)),
         NetCommand::Echo { seconds, .. } => echo(net, seconds),
         NetCommand::Hostile { peer, .. } => {
             job.outcome = hostile::case(net, peer, job.case)?;
             Ok(())
         }
-        NetCommand::Ip { .. } | NetCommand::Info => Ok(()),
+        NetCommand::Ip { .. } | NetCommand::Pairs(_) | NetCommand::Info => Ok(()),
     }
 }
 
@@ -59,6 +70,62 @@ impl core::fmt::Display for Irqs {
             now.1 - self.0 .1,
             now.2 - self.0 .2
         )
+    }
+}
+
+/// Frames per pair since `before` (from [`NetDev`]'s `rx_by_pair`/`tx_by_pair`), with the
+/// interrupts taken on each pair's vectors: `pairs=2 by_pair=F0/F1 pair_irqs=rx:R0/R1,tx:T0/T1`.
+struct ByPair {
+    npairs: usize,
+    frames: [u64; MAX_PAIRS],
+    irqs: [(u64, u64); MAX_PAIRS],
+}
+
+impl ByPair {
+    fn start(npairs: usize, frames: [u64; MAX_PAIRS]) -> ByPair {
+        ByPair {
+            npairs,
+            frames,
+            irqs: core::array::from_fn(NetDev::pair_irqs),
+        }
+    }
+
+    /// The deltas up to `now` (the same counter as given to `start`).
+    fn line(&self, now: [u64; MAX_PAIRS]) -> ByPairLine {
+        let irqs = core::array::from_fn(|p| {
+            let (r, t) = NetDev::pair_irqs(p);
+            (r - self.irqs[p].0, t - self.irqs[p].1)
+        });
+        ByPairLine {
+            npairs: self.npairs,
+            frames: core::array::from_fn(|p| now[p] - self.frames[p]),
+            irqs,
+        }
+    }
+}
+
+struct ByPairLine {
+    npairs: usize,
+    frames: [u64; MAX_PAIRS],
+    irqs: [(u64, u64); MAX_PAIRS],
+}
+
+impl core::fmt::Display for ByPairLine {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        let n = self.npairs.clamp(1, MAX_PAIRS);
+        write!(f, "pairs={} by_pair=", n)?;
+        for p in 0..n {
+            write!(f, "{}{}", if p > 0 { "/" } else { "" }, self.frames[p])?;
+        }
+        write!(f, " pair_irqs=rx:")?;
+        for p in 0..n {
+            write!(f, "{}{}", if p > 0 { "/" } else { "" }, self.irqs[p].0)?;
+        }
+        write!(f, ",tx:")?;
+        for p in 0..n {
+            write!(f, "{}{}", if p > 0 { "/" } else { "" }, self.irqs[p].1)?;
+        }
+        Ok(())
     }
 }
 
@@ -85,8 +152,8 @@ fn pass_time(net: &mut Net, deadline: u64) -> Result<(), &'static str> {
 fn drain_tx(net: &mut Net) -> Result<(), &'static str> {
     let deadline = rdtsc() + net.ms(DRAIN_MS);
     net.dev.kick_tx();
-    while net.dev.tx.outstanding() != 0 && rdtsc() < deadline {
-        if net.poll(|_, _, _, _| Ok(()))? == 0 && net.dev.tx.used_pending() == 0 {
+    while net.dev.tx_outstanding() != 0 && rdtsc() < deadline {
+        if net.poll(|_, _, _, _| Ok(()))? == 0 && !net.dev.tx_pending() {
             net.idle(deadline);
         }
     }
@@ -221,9 +288,9 @@ fn udp_tx(
     net: &mut Net,
     dst: u32,
     port: u16,
-    pps: u32,
-    seconds: u32,
+    (pps, seconds, count): (u32, u32, u32),
     size: usize,
+    flows: u32,
 ) -> Result<(), &'static str> {
     let to = Dest {
         mac: net.resolve(dst)?,
@@ -235,8 +302,9 @@ fn udp_tx(
         *c = proto::test_body_crc(s as u32, size);
     }
     let irqs = Irqs(NetDev::irqs());
+    let by_pair = ByPair::start(net.dev.npairs, net.dev.stats.tx_by_pair);
     let (kicks0, full0, halts0) = (net.dev.stats.tx_kicks, net.dev.stats.tx_full, net.halts);
-    let sport = 0x7476;
+    let flows = flows.max(1);
     let interval = if pps > 0 {
         net.ms(1000) / u64::from(pps)
     } else {
@@ -250,7 +318,7 @@ fn udp_tx(
     let mut full = false;
     loop {
         let t = rdtsc();
-        if t >= end {
+        if t >= end || (count > 0 && seq >= count) {
             break;
         }
         if pps > 0 && t < next {
@@ -260,6 +328,9 @@ fn udp_tx(
         }
         let stack = &mut net.stack;
         let crc = crcs[(seq & 0xff) as usize];
+        let flow = seq % flows;
+        let sport = TX_SPORT + flow as u16;
+        net.dev.tx_pair = flow as usize % net.dev.npairs;
         let sent = send(&mut net.dev, |b| {
             udp_frame(b, stack, &to, sport, port, size, |p| {
                 proto::test_payload(p, seq, crc)
@@ -274,7 +345,8 @@ fn udp_tx(
             net.dev.kick_tx();
             queued = 0;
             net.poll(|_, _, _, _| Ok(()))?;
-            if net.dev.tx.num_free() == 0 && net.dev.tx.used_pending() == 0 {
+            let tx = &net.dev.pairs[net.dev.tx_pair].tx;
+            if tx.num_free() == 0 && tx.used_pending() == 0 {
                 net.idle(end);
             }
             continue;
@@ -298,7 +370,7 @@ fn udp_tx(
     drain_tx(net)?;
     let achieved = u64::from(seq) * net.ms(1000) / sending.max(1);
     ulog!(
-        "net: udp-tx dst={}:{} size={} sent={} seconds={} pps={} target_pps={} kicks={} tx_full={} {} halts={} wait={}",
+        "net: udp-tx dst={}:{} size={} sent={} seconds={} pps={} target_pps={} kicks={} tx_full={} {} flows={} {} halts={} wait={}",
         Ip(dst),
         port,
         size,
@@ -309,6 +381,8 @@ fn udp_tx(
         net.dev.stats.tx_kicks - kicks0,
         net.dev.stats.tx_full - full0,
         irqs,
+        flows,
+        by_pair.line(net.dev.stats.tx_by_pair),
         net.halts - halts0,
         net.wait.name()
     );
@@ -331,7 +405,34 @@ struct RxCount {
     last: u64,
 }
 
-fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
+/// Stops taking received frames (no buffer is reposted, the used rings are left alone) until
+/// `until`, with every interrupt request off: the device runs out of buffers. Transmit
+/// completions are still taken back. Waits at CPL3 (`irq`, `poll`) or halted (`halt`).
+fn stall_rx(net: &mut Net, until: u64) -> Result<(), &'static str> {
+    net.dev.interrupts(false);
+    loop {
+        net.dev.tx_reclaim()?;
+        if rdtsc() >= until {
+            break;
+        }
+        if net.wait == Wait::Halt {
+            let seen = idt::INTERRUPTS.load(Ordering::Relaxed);
+            user::wait(until, seen);
+            net.halts += 1;
+        } else {
+            cpu::pause();
+        }
+    }
+    net.dev.interrupts(net.wait == Wait::Irq);
+    Ok(())
+}
+
+fn udp_rx(
+    net: &mut Net,
+    port: u16,
+    seconds: u32,
+    (stall_ms, stall_at_ms): (u32, u32),
+) -> Result<(), &'static str> {
     ulog!(
         "net: udp-rx listening ip={} port={} seconds={}",
         Ip(net.stack.ip),
@@ -340,10 +441,25 @@ fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
     );
     user::flush();
     let irqs = Irqs(NetDev::irqs());
+    let by_pair = ByPair::start(net.dev.npairs, net.dev.stats.rx_by_pair);
     let (halts0, csum0) = (net.halts, net.stack.counters.bad_udp_csum);
     let end = rdtsc() + net.ms(u64::from(seconds) * 1000);
     let mut c = RxCount::default();
+    // With `stall`: how long it lasted (TSC ticks), once it happened.
+    let mut stalled: Option<u64> = None;
+    let mut after_stall = 0u64;
     while rdtsc() < end {
+        let now = rdtsc();
+        if stall_ms > 0
+            && stalled.is_none()
+            && c.first != 0
+            && now >= c.first + net.ms(u64::from(stall_at_ms))
+        {
+            let until = (now + net.ms(u64::from(stall_ms))).min(end);
+            stall_rx(net, until)?;
+            stalled = Some(rdtsc() - now);
+        }
+        let counting = stalled.is_some();
         let n = net.poll(|_, _, ev, seen| {
             if let Event::Udp { dport, data, .. } = ev {
                 if dport != port {
@@ -352,6 +468,7 @@ fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
                 match proto::check_test_payload(data) {
                     Some(seq) => {
                         c.received += 1;
+                        after_stall += u64::from(counting);
                         c.bytes += data.len() as u64;
                         if c.first == 0 {
                             c.first = seen;
@@ -382,7 +499,7 @@ fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
         0
     };
     ulog!(
-        "net: udp-rx port={} seconds={} received={} lost={} late={} bad={} bytes={} pps={} {} halts={} wait={}",
+        "net: udp-rx port={} seconds={} received={} lost={} late={} bad={} bytes={} pps={} {} {} stall_ms={} stalled_us={} received_after_stall={} halts={} wait={}",
         port,
         seconds,
         c.received,
@@ -392,6 +509,10 @@ fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
         c.bytes,
         pps,
         irqs,
+        by_pair.line(net.dev.stats.rx_by_pair),
+        stall_ms,
+        stalled.map_or(0, |t| net.tenth_us(t) / 10),
+        after_stall,
         net.halts - halts0,
         net.wait.name()
     );
@@ -400,6 +521,9 @@ fn udp_rx(net: &mut Net, port: u16, seconds: u32) -> Result<(), &'static str> {
     }
     if c.received == 0 {
         return Err("udp-rx: nothing received");
+    }
+    if stall_ms > 0 && stalled.is_none() {
+        return Err("udp-rx: the stall never began (too few datagrams, or too late)");
     }
     Ok(())
 }
