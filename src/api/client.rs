@@ -254,7 +254,10 @@ pub fn format_map(map: &Value) -> String {
             out.push_str(&format!(
                 "  {:<14} {:>4}  {:<22} {:>5}  {}\n",
                 format!("{:#x}", e["addr"].as_u64().unwrap_or(0)),
-                opt(&e["size"]),
+                match e["size"].as_u64() {
+                    Some(0) => "any".to_string(),
+                    _ => opt(&e["size"]),
+                },
                 e["device"].as_str().unwrap_or(""),
                 opt(&e["queue"]),
                 e["waiter"].as_str().unwrap_or("")

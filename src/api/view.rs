@@ -124,7 +124,9 @@ fn ioeventfds_json(reports: &[(u8, DeviceReport)]) -> Value {
             .flat_map(|(slot, r)| {
                 r.queues.iter().filter_map(move |q| {
                     q.ioeventfd.map(|addr| {
-                        json!({"addr": addr, "size": 2, "device": device_id(*slot, r),
+                        // Registered without a length or datamatch (kvm-ioctls' NoDatamatch: len 0):
+                        // a write of any width at the address signals it.
+                        json!({"addr": addr, "size": 0, "device": device_id(*slot, r),
                                "queue": q.queue, "datamatch": null,
                                "waiter": if r.own_threads { "device worker" } else { "event loop" }})
                     })
