@@ -148,7 +148,10 @@ fn run(args: RunArgs) -> ExitCode {
     let failed = match &result.reason {
         StopReason::DebugExit(code) => *code != 0,
         StopReason::Poweroff | StopReason::Reset | StopReason::Requested => false,
-        StopReason::TripleFault | StopReason::GuestCrash | StopReason::Fatal(_) => true,
+        StopReason::TripleFault
+        | StopReason::GuestCrash
+        | StopReason::GuestPanic
+        | StopReason::Fatal(_) => true,
     };
     if failed {
         eprintln!(

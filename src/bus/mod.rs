@@ -20,6 +20,8 @@ pub enum DeviceEvent {
     Poweroff,
     /// The guest reported a test result through the debug-exit port: 0 is pass.
     DebugExit(u32),
+    /// The guest kernel panicked (pvpanic `PANICKED`).
+    GuestPanic,
 }
 
 /// A device on a bus: a plain state machine driven by reads and writes.

@@ -6,6 +6,7 @@ use vm_superio::Trigger;
 
 use super::acpi_pm::AcpiPm;
 use super::i8042::I8042;
+use super::pvpanic::PvPanic;
 use super::serial::SerialDevice;
 use super::testdev::{self, DebugExit, TestDev};
 use crate::arch::x86_64::layout;
@@ -17,8 +18,8 @@ pub struct LegacyDevices<T: Trigger> {
     pub testdev: Arc<Mutex<TestDev>>,
 }
 
-/// Registers COM1, the i8042, the debug-exit port, the test device (PIO window and MMIO page)
-/// and the ACPI PM registers. `console` receives serial and test-device output.
+/// Registers COM1, the i8042, the debug-exit port, the test device (PIO window and MMIO page),
+/// the ACPI PM registers and pvpanic. `console` receives serial and test-device output.
 pub fn register<T>(
     pio: &Bus,
     mmio: &Bus,
@@ -62,6 +63,13 @@ where
         "acpi-pm",
         "sleep-control+reset",
         Arc::new(Mutex::new(AcpiPm)),
+    )?;
+    pio.insert(
+        layout::PVPANIC_PORT.into(),
+        1,
+        "pvpanic",
+        "events",
+        Arc::new(Mutex::new(PvPanic::default())),
     )?;
     mmio.insert(
         layout::TESTDEV_MMIO_START,

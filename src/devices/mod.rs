@@ -2,5 +2,6 @@
 pub mod acpi_pm;
 pub mod i8042;
 pub mod legacy;
+pub mod pvpanic;
 pub mod serial;
 pub mod testdev;

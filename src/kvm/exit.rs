@@ -63,6 +63,8 @@ pub enum StopReason {
     TripleFault,
     /// The guest crashed (system event crash).
     GuestCrash,
+    /// The guest kernel reported a panic through pvpanic.
+    GuestPanic,
     /// KVM could not run the guest: the vCPU report says why.
     Fatal(String),
     /// The VMM asked the vCPUs to stop (signal, API).
@@ -74,8 +76,19 @@ impl StopReason {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            StopReason::TripleFault | StopReason::GuestCrash | StopReason::Fatal(_)
+            StopReason::TripleFault
+                | StopReason::GuestCrash
+                | StopReason::GuestPanic
+                | StopReason::Fatal(_)
         )
+    }
+}
+
+impl StopReason {
+    /// Whether the stopping vCPU's registers say something about the failure: not for a
+    /// kernel panic, which the guest reported itself (its console has the backtrace).
+    pub fn wants_vcpu_report(&self) -> bool {
+        self.is_failure() && *self != StopReason::GuestPanic
     }
 }
 
@@ -88,6 +101,7 @@ impl fmt::Display for StopReason {
             StopReason::DebugExit(c) => write!(f, "guest reported FAIL (code {c})"),
             StopReason::TripleFault => write!(f, "guest triple-faulted (KVM_EXIT_SHUTDOWN)"),
             StopReason::GuestCrash => write!(f, "guest crashed (KVM_SYSTEM_EVENT_CRASH)"),
+            StopReason::GuestPanic => write!(f, "guest kernel panicked (pvpanic)"),
             StopReason::Fatal(why) => write!(f, "{why}"),
             StopReason::Requested => write!(f, "stopped by the VMM"),
         }
@@ -198,6 +212,7 @@ fn event_action(event: DeviceEvent) -> ExitAction {
         DeviceEvent::Reset => ExitAction::Stop(StopReason::Reset),
         DeviceEvent::Poweroff => ExitAction::Stop(StopReason::Poweroff),
         DeviceEvent::DebugExit(code) => ExitAction::Stop(StopReason::DebugExit(code)),
+        DeviceEvent::GuestPanic => ExitAction::Stop(StopReason::GuestPanic),
     }
 }
 

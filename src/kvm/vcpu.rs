@@ -261,7 +261,7 @@ fn run_loop(
                 }
             }
             ExitAction::Stop(reason) => {
-                if reason.is_failure() {
+                if reason.wants_vcpu_report() {
                     let report = fatal_report(fd, id, &reason.to_string(), &ctx.memory);
                     ctx.control.set_report(report);
                 }

@@ -9,9 +9,12 @@
 //!   `IOAPIC_START` (id 0, GSI base 0), IRQ0 → GSI 2, LINT1 = NMI on every CPU; PCAT_COMPAT
 //!   (the in-kernel irqchip has the 8259s).
 //! - MCFG: the ECAM window at `PCI_ECAM_START`, segment 0, bus 0 only.
-//! - DSDT: `\_S5_`, COM1 (PNP0501, IRQ 4), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O
-//!   windows around 0xcf8, the 32-bit and 64-bit BAR windows of `layout`) and a motherboard
-//!   resource (PNP0C02) reserving the ECAM window.
+//! - DSDT: `\_S5_`, COM1 (PNP0501, IRQ 4), the i8042 keyboard controller `PS2K` (PNP0303,
+//!   ports 0x60 and 0x64, IRQ 1: a hardware-reduced platform maps no legacy IRQs, so Linux's
+//!   i8042 driver finds its ports and interrupt only through PNP), pvpanic `PEVT` (QEMU0001,
+//!   port 0x505), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
+//!   and 64-bit BAR windows of `layout`) and a motherboard resource (PNP0C02) reserving the ECAM
+//!   window.
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name,
     Package, ResourceTemplate, Scope, IO,
@@ -27,8 +30,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::layout::{
     self, ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT, ACPI_TABLES_START, COM1_IRQ, COM1_PORT,
-    HIGH_RAM_START, IOAPIC_START, LAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
-    PCI_MMIO32_START, PCI_MMIO64_SIZE, RSDP_START,
+    HIGH_RAM_START, I8042_CMD_PORT, I8042_DATA_PORT, I8042_KBD_IRQ, IOAPIC_START, LAPIC_START,
+    PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_MMIO64_SIZE,
+    PVPANIC_PORT, RSDP_START,
 };
 use super::{mem_err, ArchError};
 
@@ -99,6 +103,34 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
         ],
     ));
 
+    // The i8042 as a PS/2 keyboard controller: data and status/command ports, IRQ 1 (edge,
+    // active high). No PNP0F13 mouse: Linux then leaves the AUX port alone.
+    let kbd_data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let kbd_cmd = IO::new(I8042_CMD_PORT, I8042_CMD_PORT, 1, 1);
+    let kbd_irq = Interrupt::new(true, true, false, false, I8042_KBD_IRQ);
+    let ps2k = aml_bytes(&Device::new(
+        "PS2K".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0303")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]),
+            ),
+        ],
+    ));
+
+    // pvpanic, as QEMU describes it (a string _HID: "QEMU0001" is not an EISA id).
+    let pvpanic_io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let pevt = aml_bytes(&Device::new(
+        "PEVT".into(),
+        vec![
+            &Name::new("_HID".into(), &"QEMU0001"),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_CRS".into(), &ResourceTemplate::new(vec![&pvpanic_io])),
+        ],
+    ));
+
     let mmio64_start = layout::pci_mmio64_start(mem_size);
     let buses = AddressSpace::<u16>::new_bus_number(0, 0);
     let cfg_ports = IO::new(0xcf8, 0xcf8, 1, 8);
@@ -146,7 +178,7 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
         ],
     ));
 
-    let sb = Scope::raw("\\_SB_".into(), [com1, pci0, mbrd].concat());
+    let sb = Scope::raw("\\_SB_".into(), [com1, ps2k, pevt, pci0, mbrd].concat());
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, table_id(b"DSDT"), OEM_REVISION);
     table.append_slice(&aml_bytes(&s5));
     table.append_slice(&sb);
@@ -402,6 +434,26 @@ mod tests {
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x08]));
         // COM1's I/O descriptor: decode16, 0x3f8..0x3f8, align 1, 8 ports.
         assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+    }
+
+    #[test]
+    fn dsdt_describes_the_i8042_and_pvpanic() {
+        let t = dsdt(256 << 20);
+        let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
+        for name in [&b"PS2K"[..], b"PEVT"] {
+            assert!(has(name), "{}", String::from_utf8_lossy(name));
+        }
+        // PNP0303 as an EISA id; QEMU0001 as a string (StringPrefix, bytes, NUL).
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x03, 0x03]));
+        assert!(has(b"\x0dQEMU0001\x00"));
+        // The i8042's ports: decode16, one port each at 0x60 and at 0x64.
+        assert!(has(&[0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01]));
+        assert!(has(&[0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x01, 0x01]));
+        // Its interrupt: an extended interrupt descriptor (0x89, length 6), consumer + edge
+        // (flags 0x03), one GSI: 1.
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x01, 0x00, 0x00, 0x00]));
+        // pvpanic's port 0x505.
+        assert!(has(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
     }
 
     #[test]

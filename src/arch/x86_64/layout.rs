@@ -67,6 +67,10 @@ pub const COM1_IRQ: u32 = 4;
 /// i8042 controller.
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_CMD_PORT: u16 = 0x64;
+/// The i8042's keyboard interrupt (ISA IRQ 1: IOAPIC pin 1, as the DSDT's PS2K says).
+pub const I8042_KBD_IRQ: u32 = 1;
+/// pvpanic (QEMU's ISA `pvpanic` device, ACPI `QEMU0001`): one byte.
+pub const PVPANIC_PORT: u16 = 0x505;
 /// Debug-exit port (same place as QEMU's usual `isa-debug-exit,iobase=0xf4`).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Test device port window (see `devices::testdev`).

@@ -313,3 +313,41 @@ fn empty_port_access_with_a_size_is_harmless() {
         ExitAction::Continue
     );
 }
+
+#[test]
+fn a_pvpanic_panicked_write_stops_the_vm_as_a_guest_panic() {
+    use crate::devices::pvpanic::{PvPanic, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
+    let f = Fixture::new();
+    f.pio
+        .insert(
+            0x505,
+            1,
+            "pvpanic",
+            "",
+            Arc::new(Mutex::new(PvPanic::default())),
+        )
+        .unwrap();
+    let mut events = [0u8];
+    let io_in = Exit::IoIn {
+        port: 0x505,
+        size: 1,
+        data: &mut events,
+    };
+    assert_eq!(f.run(io_in), ExitAction::Continue);
+    assert_eq!(events, [3]);
+    let out = |v: &'static [u8]| Exit::IoOut {
+        port: 0x505,
+        size: 1,
+        data: v,
+    };
+    assert_eq!(f.run(out(&[PVPANIC_CRASH_LOADED])), ExitAction::Continue);
+    let stop = f.run(out(&[PVPANIC_PANICKED]));
+    assert_eq!(stop, ExitAction::Stop(StopReason::GuestPanic));
+    assert!(StopReason::GuestPanic.is_failure());
+    assert!(!StopReason::GuestPanic.wants_vcpu_report());
+    assert!(StopReason::TripleFault.wants_vcpu_report());
+    assert_eq!(
+        StopReason::GuestPanic.to_string(),
+        "guest kernel panicked (pvpanic)"
+    );
+}
