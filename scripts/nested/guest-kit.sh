@@ -10,9 +10,9 @@
 # and prints the kit directory. Idempotent: it rebuilds only when the kernel package or one of
 # the scripts changed. Downloads (apt-get download) are cached in .cache/nested/debs/.
 #
-# Needs apt-get with package lists, dpkg-deb, kmod (depmod, modprobe), gzip and
-# qemu-system-x86_64; as root, the missing ones among kmod and qemu-system-x86 are installed
-# with apt-get.
+# Needs apt-get with package lists, dpkg-deb, kmod (depmod, modprobe), gzip,
+# qemu-system-x86_64 and iperf3 (the NIC scenarios' L1 side); as root, the missing ones among
+# kmod, qemu-system-x86 and iperf3 are installed with apt-get.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,6 +42,8 @@ apt_opts=(-q)
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 { command -v depmod && command -v modprobe; } >/dev/null || missing+=(kmod)
+# L1 runs the host's iperf3 (chrooted into the host's root) against the L2's.
+command -v iperf3 >/dev/null || missing+=(iperf3)
 if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]})"
     log "installing ${missing[*]}"
@@ -168,11 +170,12 @@ skeleton "$l1" "$here/l1-init.sh"
 add_modules "$l1" kvm_amd virtio_pci 9pnet_virtio 9p tun
 pack "$l1" "$kit/l1.cpio.gz"
 
-# L2: virtio-pci, virtio-net, virtio-rng (loaded when present), msr and cpuid (for l2.msr= and
-# l2.cpuid=), iperf3 with its libraries.
+# L2: virtio-pci, virtio-net, virtio-rng (loaded when present), pvpanic (the ACPI QEMU0001
+# driver: a panic is reported to the VMM), msr and cpuid (for l2.msr= and l2.cpuid=), iperf3 with
+# its libraries.
 l2="$work/l2"
 skeleton "$l2" "$here/l2-init.sh"
-add_modules "$l2" virtio_pci virtio_net virtio_rng msr cpuid
+add_modules "$l2" virtio_pci virtio_net virtio_rng pvpanic-mmio msr cpuid
 mkdir -p "$l2/usr/bin" "$l2/lib64" "$l2/lib/x86_64-linux-gnu"
 cp "$work/user/usr/bin/iperf3" "$l2/usr/bin/iperf3"
 # Its libraries as the dynamic linker resolves them, all from the unpacked packages.

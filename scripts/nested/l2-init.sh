@@ -5,9 +5,14 @@
 # Command-line parameters (all optional):
 #   l2.ip=ADDR/PREFIX     configure eth0 with it (when eth0 exists)
 #   l2.gw=ADDR            default route
-#   l2.ping=ADDR          ping it (l2.pings=N times, default 5): "L2: ping ADDR ok N/N"
+#   l2.ping=ADDR          ping it (l2.pings=N times, default 5, every l2.ping_interval=S
+#                         seconds, default 0.2): "L2: ping ADDR ok R/N avg_ms=A" (R replies;
+#                         A from ping's summary)
 #   l2.iperf=server       run "iperf3 -s -1" (one client, then go on)
-#   l2.iperf=client:ADDR  run "iperf3 -c ADDR -t l2.iperf_time (default 3)"
+#   l2.iperf=client:ADDR  run "iperf3 -c ADDR -t l2.iperf_time (default 3) -P l2.iperf_p
+#                         (default 1)" in the directions of l2.iperf_dir=tx|rx|both (default
+#                         tx; rx is iperf3 -R: the server sends): "L2: iperf3 tx mbps=M" (the
+#                         receiver's figure) per direction
 #   l2.msr=A,B,...        print these MSRs of CPU 0 ("L2: msr 0x2ff=0000000000000c06")
 #   l2.cpuid=L,...        print these CPUID leaves (subleaf 0) of CPU 0 as eax ebx ecx edx
 #   l2.dmesg=1            print the kernel log between "L2: dmesg begin" and "L2: dmesg end"
@@ -66,6 +71,29 @@ for n in /sys/class/net/*; do
     nics=$((nics + 1))
 done
 say "nics=$nics"
+# The virtio feature bits Linux negotiated with the NIC (the device's sysfs 'features': one
+# character per bit, bit 0 first), by name.
+if [ -r /sys/class/net/eth0/device/features ]; then
+    f=$(cat /sys/class/net/eth0/device/features)
+    names=
+    for b in 0:CSUM 1:GUEST_CSUM 7:GUEST_TSO4 8:GUEST_TSO6 11:HOST_TSO4 12:HOST_TSO6 \
+        15:MRG_RXBUF 17:CTRL_VQ 22:MQ 28:INDIRECT_DESC 29:EVENT_IDX 32:VERSION_1; do
+        [ "$(echo "$f" | cut -c $((${b%%:*} + 1)))" = 1 ] && names="$names ${b#*:}"
+    done
+    say "eth0 features$names"
+    # The PCI function's MSI/MSI-X vectors: how many, and their mode(s).
+    m=/sys/class/net/eth0/device/../msi_irqs
+    say "eth0 msi_irqs=$(ls "$m" 2>/dev/null | wc -l) mode=$(cat "$m"/* 2>/dev/null | sort -u | xargs)"
+    say "eth0 queues rx=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) tx=$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)"
+fi
+# The NIC's interrupt lines in /proc/interrupts: "L2: irq NAME CHIP count=N" (N over all CPUs).
+virtio_irqs() {
+    awk 'NR == 1 { ncpu = NF; next }
+        $NF ~ /^virtio[0-9]+-(input|output|config)/ {
+            n = 0; for (i = 2; i <= ncpu + 1; i++) n += $i
+            print "L2: irq " $NF " " $(ncpu + 2) " count=" n
+        }' /proc/interrupts
+}
 
 addr=$(arg ip "")
 if [ -n "$addr" ] && [ -e /sys/class/net/eth0 ]; then
@@ -77,9 +105,11 @@ fi
 peer=$(arg ping "")
 if [ -n "$peer" ]; then
     count=$(arg pings 5)
-    got=$(ping -c "$count" -W 2 "$peer" 2>&1 | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    out=$(ping -c "$count" -i "$(arg ping_interval 0.2)" -W 2 "$peer" 2>&1)
+    got=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    avg=$(echo "$out" | sed -n 's|^round-trip min/avg/max = [0-9.]*/\([0-9.]*\)/.*|\1|p')
     if [ "${got:-0}" -gt 0 ]; then
-        say "ping $peer ok ${got}/$count"
+        say "ping $peer ok ${got}/$count avg_ms=${avg:-?}"
     else
         say "ping $peer failed 0/$count"
     fi
@@ -92,14 +122,40 @@ server)
 client:*)
     host=$(arg iperf "")
     host=${host#client:}
-    if iperf3 -c "$host" -t "$(arg iperf_time 3)" -f m; then
-        say "iperf3 client done"
-    else
-        say "iperf3 client failed"
-    fi
+    case "$(arg iperf_dir tx)" in
+    both) dirs="tx rx" ;;
+    rx) dirs=rx ;;
+    *) dirs=tx ;;
+    esac
+    for d in $dirs; do
+        r=
+        [ "$d" = tx ] || r=-R
+        # Only the result goes to the console (every byte there is slow): the receiver's
+        # summary line (with -P, the SUM line), its Mbit/s.
+        if iperf3 -c "$host" $r -t "$(arg iperf_time 3)" -P "$(arg iperf_p 1)" -f m >/tmp/iperf.out 2>&1; then
+            m=$(awk '/receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i } END { print v }' /tmp/iperf.out)
+            say "iperf3 $d mbps=${m:-?}"
+        else
+            say "iperf3 $d failed: $(tail -n 1 /tmp/iperf.out)"
+        fi
+    done
     ;;
 esac
+[ "$nics" = 0 ] || virtio_irqs
+[ -z "$(cat /sys/class/misc/hw_random/rng_available 2>/dev/null)" ] ||
+    say "hwrng current=$(cat /sys/class/misc/hw_random/rng_current) available=$(cat /sys/class/misc/hw_random/rng_available)"
 
+# Platform devices found through the DSDT (PNP ids; the i8042's interrupt line; pvpanic's
+# driver), for the dmesg scenarios.
+if [ "$(arg dmesg 0)" != 0 ]; then
+    say "pnp $(cat /sys/bus/pnp/devices/*/id 2>/dev/null | xargs)"
+    say "i8042 irq=$(awk '$NF == "i8042" { print $1 $(NF - 1) }' /proc/interrupts | xargs)"
+    n=0
+    for d in /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:*; do
+        [ -e "$d" ] && n=$((n + 1))
+    done
+    say "pvpanic $n bound"
+fi
 case "$(arg dmesg 0)" in
 1)
     say "dmesg begin"

@@ -14,13 +14,17 @@
 #   --l1-memory MB   L1's RAM (default 4608: room for an L2 with RAM above 4 GiB)
 #   --timeout S      bound on the whole L1 run (default: 120 + the scenarios' own limits)
 #   --list           print the scenario names and exit
+#   --direct         no L1: run the scenarios right here, on this machine's /dev/kvm (a real KVM
+#                    on hardware: a developer machine), as root, in a new network namespace
+#                    (the TAPs live there); the results look the same
 #
 # One run at a time: a second one waits for the first (a lock on .cache/nested/.lock). Stopping
 # this script, or the death of the process that started it, stops QEMU.
 #
 # Results: DIR/NAME/{console,stderr,rc,secs,verdict} for each scenario, DIR/summary.tsv
 # (name, PASS/FAIL/XFAIL/XPASS, exit status, seconds, reason), DIR/l1-console.log, DIR/times
-# (l1_kvm_ready_s, l1_total_s, qemu_exit), DIR/dmesg-diff-*.txt. Exit status 0 when no
+# (l1_kvm_ready_s, l1_total_s, qemu_exit), DIR/dmesg-diff-*.txt, DIR/compare.txt (the
+# trapvisor/QEMU ratios of the l2-cmp pair, scripts/nested/compare.sh). Exit status 0 when no
 # scenario FAILed (XFAIL: a known failure, marked in the scenario file), 1 when one did, 2 when
 # the harness itself could not run (kit, QEMU, L1 boot).
 set -euo pipefail
@@ -36,6 +40,7 @@ all=0
 scenarios="$here/scenarios.sh"
 total_timeout=
 list=0
+direct=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --out) out=$2; shift 2 ;;
@@ -46,6 +51,7 @@ while [ $# -gt 0 ]; do
     --scenarios) scenarios=$2; shift 2 ;;
     --timeout) total_timeout=$2; shift 2 ;;
     --list) list=1; shift ;;
+    --direct) direct=1; shift ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -105,6 +111,8 @@ QEMU=$(command -v qemu-system-x86_64 || echo /usr/bin/qemu-system-x86_64)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 TRAPVISOR="$out/bin/trapvisor"
+# The wrapper for the NIC scenarios (TAP, iperf3 server, wall time to the userspace marker).
+L1RUN="$out/bin/l1-run.sh"
 # What the scenarios boot, as L1 sees it: a copy of the kit inside the job directory. The host's
 # root reaches L1 over 9p, but L1 puts a tmpfs on /tmp, so a checkout under /tmp (as CI's can be)
 # is invisible there; the job directory is mounted at its own path and always is.
@@ -139,6 +147,7 @@ kernel="$HOSTKIT/vmlinuz"
 find "$out" -mindepth 1 -delete
 mkdir -p "$out/bin" "$KIT"
 cp "$tv" "$TRAPVISOR"
+cp "$here/l1-run.sh" "$L1RUN"
 # Hard links where the filesystem allows (no copy of 70 MB), else copies; -L follows the kit's
 # links into .cache/kernel.
 for f in vmlinuz vmlinux l2.cpio.gz kver; do
@@ -181,6 +190,14 @@ fi
 # --- L1 ------------------------------------------------------------------------------------------
 # TCG with one thread per vCPU and a large translation cache; 'max' has SVM with nested paging.
 # shellcheck disable=SC2054 # the commas are QEMU's
+if [ "$direct" = 1 ]; then
+    # No L1: the job runs here, in a network namespace of its own, and prints L1's markers.
+    [ "$(id -u)" -eq 0 ] || die "--direct needs root (a network namespace, TAPs)"
+    [ -c /dev/kvm ] || die "--direct needs /dev/kvm"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    qemu=(unshare --net sh -c 'ip link set lo up; echo "L1: kvm ready (direct)";
+        sh "$1/job.sh" "$1"; echo "L1: job exited rc=$?"; echo "L1: powering off"' sh "$out")
+else
 qemu=(nice -n 5 qemu-system-x86_64
     -accel tcg,thread=multi,tb-size=512 -cpu max -smp 2 -m "$l1_mem" -machine q35
     -display none -monitor none -serial stdio -no-reboot -nodefaults
@@ -188,6 +205,7 @@ qemu=(nice -n 5 qemu-system-x86_64
     -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
     -virtfs "local,path=$out,mount_tag=job,security_model=none")
+fi
 say "L1: ${#selected[@]} scenario(s), limit ${total_timeout}s: ${selected[*]}"
 start=$EPOCHREALTIME
 kvm_ready=
@@ -293,6 +311,12 @@ for pair in l2-dmesg:dmesg-diff-warn.txt l2-dmesg-full:dmesg-diff-full.txt; do
             >"$out/${pair#*:}" 2>&1 || true
     fi
 done
+
+# trapvisor vs QEMU (the l2-cmp pair; informational).
+if [ -s "$out/l2-cmp-trapvisor/console" ] && [ -s "$out/l2-cmp-qemu/console" ]; then
+    bash "$here/compare.sh" "$out" >"$out/compare.txt" 2>&1 || true
+    cat "$out/compare.txt" >&2 || true
+fi
 
 column -t -s $'\t' "$out/summary.tsv" >&2 2>/dev/null || cat "$out/summary.tsv" >&2 || true
 say "L1 /dev/kvm ready ${kvm_ready:-never}s, whole run ${total}s, $failed of ${#selected[@]} failed; results in $out"
