@@ -8,7 +8,7 @@
       `host: send dst=... sent=N seconds=S pps=P`.
   net-host.py recv PORT [--seconds S] [--expect N]
       receives test datagrams on PORT for S seconds (or until --expect of them arrived,
-      then 0.5 s of quiet), checks each; prints
+      then 0.5 s of quiet), checks each; prints `host: recv listening port=P` once bound, then
       `host: recv port=P received=N lost=L late=K bad=B pps=R` and exits 1 on bad datagrams,
       on nothing received, or on fewer than --expect.
   net-host.py ping DST [--count N] [--size B] [--interval-ms I] [--timeout-ms T]
@@ -90,6 +90,7 @@ def recv(args):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("0.0.0.0", args.port))
     s.settimeout(0.1)
+    print(f"host: recv listening port={args.port}", flush=True)
     received = bad = lost = late = 0
     expected = 0
     first = last = None

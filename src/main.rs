@@ -134,16 +134,6 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if args.stats {
         eprint!("{}", vmm.format_exit_stats());
-        // Each virtio-net's counters (per queue), the nonzero ones: "net tv0: rx0.frames=12 ...".
-        for net in vmm.nets() {
-            let list = net.counters().list();
-            let nonzero: Vec<String> = list
-                .iter()
-                .filter(|(_, v)| *v != 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            eprintln!("net {}: {}", net.tap_name(), nonzero.join(" "));
-        }
     }
     let failed = match &result.reason {
         StopReason::DebugExit(code) => *code != 0,
