@@ -225,7 +225,7 @@ impl Tap {
         // toggles the thread's cancel state around every call (5% of a worker's CPU).
         retry(|| {
             // SAFETY: the caller vouches for the buffers; `iovs` holds `count` iovecs.
-            unsafe { libc::syscall(libc::SYS_readv, fd, iovs.as_ptr(), count) as isize }
+            unsafe { raw_iov_syscall(libc::SYS_readv, fd, iovs, count) }
         })
     }
 
@@ -240,7 +240,7 @@ impl Tap {
         let fd = self.file.as_raw_fd();
         retry(|| {
             // SAFETY: the caller vouches for the buffers; `iovs` holds `count` iovecs.
-            unsafe { libc::syscall(libc::SYS_writev, fd, iovs.as_ptr(), count) as isize }
+            unsafe { raw_iov_syscall(libc::SYS_writev, fd, iovs, count) }
         })
     }
 }
@@ -525,6 +525,30 @@ fn driver_info(name: &str) -> Option<(String, String)> {
 fn iov_count(iovs: &[libc::iovec]) -> io::Result<libc::c_int> {
     libc::c_int::try_from(iovs.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many iovecs"))
+}
+
+/// readv(2) or writev(2) through syscall(2). Every argument is widened to a full register
+/// first: syscall(2) is variadic, and a 32-bit value would leave the upper half of its register
+/// undefined for the kernel to read.
+///
+/// # Safety
+///
+/// As for readv/writev: the iovecs' buffers must be valid for the call.
+unsafe fn raw_iov_syscall(
+    nr: libc::c_long,
+    fd: RawFd,
+    iovs: &[libc::iovec],
+    count: libc::c_int,
+) -> isize {
+    // SAFETY: the caller vouches for the buffers; `iovs` holds at least `count` iovecs.
+    unsafe {
+        libc::syscall(
+            nr,
+            libc::c_long::from(fd),
+            iovs.as_ptr() as libc::c_long,
+            libc::c_long::from(count),
+        ) as isize
+    }
 }
 
 /// Runs a read or write syscall until it is not interrupted; `EAGAIN` becomes `Ok(None)`.
