@@ -273,6 +273,7 @@ pub fn run(net: &mut Net, peer: u32, jump: bool) {
         interval_ms: 0,
         size: 56,
         timeout_ms: 1000,
+        quiet: false,
         wait: Wait::Irq,
     };
     let ok = run_job(net, ping, 0, false).error.is_none();

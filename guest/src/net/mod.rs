@@ -56,13 +56,15 @@ pub enum NetCommand {
     Pairs(u8),
     /// `net.info`.
     Info,
-    /// `net.ping=DST[,count=N][,interval=MS][,size=B][,timeout=MS][,wait=W]`.
+    /// `net.ping=DST[,count=N][,interval=MS][,size=B][,timeout=MS][,quiet=0|1][,wait=W]`.
     Ping {
         dst: u32,
         count: u32,
         interval_ms: u32,
         size: u32,
         timeout_ms: u32,
+        /// No line per reply, only the summary (no serial output while it runs).
+        quiet: bool,
         wait: Wait,
     },
     /// `net.udp-tx=DST:PORT[,pps=N][,seconds=S][,count=N][,size=B][,flows=F][,wait=W]`:
@@ -155,6 +157,7 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
             interval_ms: 0,
             size: 56,
             timeout_ms: 1000,
+            quiet: false,
             wait: Wait::Irq,
         },
         ("udp-tx", Some(v)) => {
@@ -209,6 +212,9 @@ pub fn parse(word: &str) -> Result<NetCommand, ParseError<'_>> {
             }
             (NetCommand::Ping { timeout_ms, .. }, "timeout") => {
                 *timeout_ms = in_range(n, 1, 4000).ok_or(bad)?
+            }
+            (NetCommand::Ping { quiet, .. }, "quiet") => {
+                *quiet = in_range(n, 0, 1).ok_or(bad)? == 1
             }
             (NetCommand::UdpTx { pps, .. }, "pps") => {
                 *pps = in_range(n, 0, 10_000_000).ok_or(bad)?

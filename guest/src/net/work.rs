@@ -29,8 +29,16 @@ pub fn run(net: &mut Net, job: &mut Job) -> Result<(), &'static str> {
             interval_ms,
             size,
             timeout_ms,
+            quiet,
             ..
-        } => ping(net, dst, count, interval_ms, size as usize, timeout_ms),
+        } => ping(
+            net,
+            dst,
+            count,
+            (interval_ms, timeout_ms),
+            size as usize,
+            quiet,
+        ),
         NetCommand::UdpTx {
             dst,
             port,
@@ -173,9 +181,9 @@ fn ping(
     net: &mut Net,
     dst: u32,
     count: u32,
-    interval_ms: u32,
+    (interval_ms, timeout_ms): (u32, u32),
     size: usize,
-    timeout_ms: u32,
+    quiet: bool,
 ) -> Result<(), &'static str> {
     let to = Dest {
         mac: net.resolve(dst)?,
@@ -242,13 +250,16 @@ fn ping(
                 let tenths = net.tenth_us(t1.saturating_sub(t0));
                 rtts[received] = tenths.min(u64::from(u32::MAX)) as u32;
                 received += 1;
-                ulog!(
-                    "net: reply from {} seq={} time={} us",
-                    Ip(dst),
-                    seq,
-                    Tenths(tenths)
-                );
+                if !quiet {
+                    ulog!(
+                        "net: reply from {} seq={} time={} us",
+                        Ip(dst),
+                        seq,
+                        Tenths(tenths)
+                    );
+                }
             }
+            None if quiet => {}
             None => ulog!("net: timeout from {} seq={}", Ip(dst), seq),
         }
         if interval_ms > 0 {
