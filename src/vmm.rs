@@ -166,6 +166,7 @@ impl Vmm {
             &pio,
             &mmio,
             IrqFdTrigger(vm.irqfd(layout::COM1_IRQ)?),
+            IrqFdTrigger(vm.irqfd(layout::I8042_KBD_IRQ)?),
             Box::new(console.clone()),
             Box::new(console),
         )?;

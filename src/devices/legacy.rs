@@ -19,11 +19,13 @@ pub struct LegacyDevices<T: Trigger> {
 }
 
 /// Registers COM1, the i8042, the debug-exit port, the test device (PIO window and MMIO page),
-/// the ACPI PM registers and pvpanic. `console` receives serial and test-device output.
+/// the ACPI PM registers and pvpanic. `console` receives serial and test-device output;
+/// `kbd_irq` is the i8042's keyboard interrupt (IRQ 1).
 pub fn register<T>(
     pio: &Bus,
     mmio: &Bus,
     serial_irq: T,
+    kbd_irq: T,
     console: Box<dyn Write + Send>,
     testdev_console: Box<dyn Write + Send>,
 ) -> Result<LegacyDevices<T>, BusError>
@@ -41,7 +43,11 @@ where
         5,
         "i8042",
         "data+status/command",
-        Arc::new(Mutex::new(I8042::default())),
+        Arc::new(Mutex::new(I8042::with_irq(Box::new(move || {
+            if let Err(e) = kbd_irq.trigger() {
+                log::warn!("i8042: cannot raise IRQ 1: {e:?}");
+            }
+        })))),
     )?;
     pio.insert(
         layout::DEBUG_EXIT_PORT.into(),
