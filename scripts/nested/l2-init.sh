@@ -145,11 +145,13 @@ esac
 [ -z "$(cat /sys/class/misc/hw_random/rng_available 2>/dev/null)" ] ||
     say "hwrng current=$(cat /sys/class/misc/hw_random/rng_current) available=$(cat /sys/class/misc/hw_random/rng_available)"
 
-# Platform devices found through the DSDT (PNP ids; the i8042's interrupt line; pvpanic's
-# driver), for the dmesg scenarios.
+# Platform devices found through the DSDT (PNP ids; the i8042's interrupt line and how many
+# interrupts it took; input devices; pvpanic's driver), for the dmesg scenarios.
 if [ "$(arg dmesg 0)" != 0 ]; then
     say "pnp $(cat /sys/bus/pnp/devices/*/id 2>/dev/null | xargs)"
-    say "i8042 irq=$(awk '$NF == "i8042" { print $1 $(NF - 1) }' /proc/interrupts | xargs)"
+    say "i8042 irq=$(awk 'NR == 1 { ncpu = NF; next } $NF == "i8042" {
+        n = 0; for (i = 2; i <= ncpu + 1; i++) n += $i; print $1 $(NF - 1) " count=" n }' /proc/interrupts | xargs)"
+    say "input $(sed -n 's/^N: Name=//p' /proc/bus/input/devices 2>/dev/null | tr -d '"' | paste -sd ',')"
     n=0
     for d in /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:*; do
         [ -e "$d" ] && n=$((n + 1))
