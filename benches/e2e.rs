@@ -2,7 +2,8 @@
 //! line for both) drives a virtio-net PCI device over the same TAP, in a network namespace
 //! this bench makes. One run prints a table; the VMMs take turns for every workload.
 //!
-//! Workloads (every one with `wait=halt`: the guest halts when it has nothing to do):
+//! Workloads (every one with `wait=halt`, the guest halting when it has nothing to do, unless
+//! `--wait irq|poll`):
 //! * **ping**: `net.ping` to the TAP's host end, 2000 requests one at a time; median and p99
 //!   round trip as the guest measured it (TSC, from before its kick to the reply seen).
 //! * **udp-tx 64 B / 1472 B**: `net.udp-tx` unpaced for `--secs`; packets/s the guest queued,
@@ -22,7 +23,7 @@
 //!
 //! `cargo bench --bench e2e` as root, with `qemu-system-x86_64` and `/dev/kvm` (skipped with a
 //! message otherwise); options `-- --secs S --rounds N` (defaults 2 and 3: each value is the
-//! median of N runs). Ratios are trapvisor / QEMU oriented so that **> 1 means trapvisor is
+//! median of N runs; `--only ping,udp-tx-1472,...` runs a subset). Ratios are trapvisor / QEMU oriented so that **> 1 means trapvisor is
 //! better** (higher packets/s, lower latency, exits, interrupts, CPU).
 #[path = "../tests/common/netns.rs"]
 mod netns;
@@ -74,16 +75,19 @@ impl Work {
         }
     }
 
-    fn cmdline(self, secs: u32) -> String {
-        match self {
+    /// The guest's command line: the workload, then `idle` (halted until the VMM is stopped,
+    /// so that its CPU time can be read after the summary).
+    fn cmdline(self, secs: u32, wait: &str) -> String {
+        let work = match self {
             Work::Ping => {
-                format!("net.ping={HOST_IP},count={PING_COUNT},quiet=1,wait=halt")
+                format!("net.ping={HOST_IP},count={PING_COUNT},quiet=1,wait={wait}")
             }
             Work::Tx(size) => {
-                format!("net.udp-tx={HOST_IP}:9000,pps=0,seconds={secs},size={size},wait=halt")
+                format!("net.udp-tx={HOST_IP}:9000,pps=0,seconds={secs},size={size},wait={wait}")
             }
-            Work::Rx(_) => format!("net.udp-rx=9000,seconds={},wait=halt", secs + 2),
-        }
+            Work::Rx(_) => format!("net.udp-rx=9000,seconds={},wait={wait}", secs + 2),
+        };
+        format!("{work} idle")
     }
 
     /// The line after which the workload runs, and its summary line.
@@ -203,6 +207,8 @@ struct Bench {
     elf: PathBuf,
     perf: bool,
     secs: u32,
+    /// The workloads' `wait=` (halt, irq, poll).
+    wait: String,
     out_dir: PathBuf,
 }
 
@@ -265,17 +271,21 @@ impl Bench {
         let perf_out = self.out_dir.join("perf.csv");
         let _ = std::fs::remove_file(&perf_out);
         let t0 = Instant::now();
-        let mut child = self.spawn(vmm, &work.cmdline(self.secs), &perf_out);
+        let mut child = self.spawn(vmm, &work.cmdline(self.secs, &self.wait), &perf_out);
         let lines = lines(&mut child);
         let result = self.measure(vmm, work, &child, &lines, t0, &perf_out);
-        // The guest powers off after its summary; anything left is stopped.
+        // The guest idles after its summary: stop the VMM (perf then exits too).
+        if let Ok((.., pid)) = &result {
+            // SAFETY: kill has no memory preconditions; `pid` is the VMM we started.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
         let _ = child.wait();
-        let (start, end, mut s) = result?;
+        let (start, end, mut s, _) = result?;
         if self.perf {
             s.exits = Some(perf_sum(&perf_out, start, end + 0.011)?);
         }
@@ -283,7 +293,7 @@ impl Bench {
     }
 
     /// Waits for the markers and collects the sample: (window start and end in seconds after
-    /// `t0`, the sample without exits).
+    /// `t0`, the sample without exits, the VMM's pid).
     fn measure(
         &self,
         vmm: Vmm,
@@ -292,7 +302,7 @@ impl Bench {
         lines: &Receiver<(String, Instant)>,
         t0: Instant,
         perf_out: &Path,
-    ) -> Result<(f64, f64, Sample), String> {
+    ) -> Result<(f64, f64, Sample, u32), String> {
         let (start_mark, end_mark) = work.markers();
         let wait = Duration::from_secs(u64::from(self.secs) + 30);
         let mut seen = String::new();
@@ -364,7 +374,7 @@ impl Bench {
         }
         s.cpu_us = cpu as f64 / 1000.0;
         let secs = |at: Instant| at.duration_since(t0).as_secs_f64();
-        Ok((secs(at0), secs(at1), s))
+        Ok((secs(at0), secs(at1), s, pid))
     }
 }
 
@@ -512,6 +522,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs = arg(&args, "--secs", 2).max(1);
     let rounds = arg(&args, "--rounds", 3).max(1);
+    let wait = args
+        .iter()
+        .position(|a| a == "--wait")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "halt".into());
+    if !["halt", "irq", "poll"].contains(&wait.as_str()) {
+        skip("--wait takes halt, irq or poll");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         skip("needs root (network namespace, TAP, perf tracepoints)");
@@ -553,25 +571,40 @@ fn main() {
         elf,
         perf,
         secs,
+        wait: wait.clone(),
         out_dir: out_dir.clone(),
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "e2e: built-in guest over virtio-net on TAP {TAP}, {secs} s per workload, median of \
-         {rounds} rounds, VMMs interleaved; load average at start: {}",
+        "e2e: built-in guest over virtio-net on TAP {TAP}, wait={wait}, {secs} s per workload, \
+         median of {rounds} rounds, VMMs interleaved; load average at start: {}",
         load.trim()
     );
     if !perf {
         println!("e2e: perf with kvm tracepoints unavailable: no exit counts");
     }
 
-    let works = [
+    let all = [
         Work::Ping,
         Work::Tx(64),
         Work::Tx(1472),
         Work::Rx(64),
         Work::Rx(1472),
     ];
+    // `--only NAME,...`: a subset ("ping", "udp-tx-64", "udp-rx-1472", ...).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
+    let works: Vec<Work> = all
+        .into_iter()
+        .filter(|w| {
+            only.is_none_or(|o| {
+                o.split(',')
+                    .any(|n| n == w.name().replace(" B", "").replace(' ', "-"))
+            })
+        })
+        .collect();
     let vmms = [
         Vmm::Trapvisor(""),
         Vmm::Qemu,
