@@ -16,7 +16,8 @@
 //! by the `kvm:kvm_userspace_exit` tracepoint (`perf stat -I 10` on the VMM process, the same
 //! for both; this PVM host never fires `kvm:kvm_exit`, and has no KVM debugfs), **irqs** = the
 //! interrupts the guest took on its virtio-net vectors (it counts them itself), **cpu** = the
-//! VMM process's on-CPU time (every thread's `schedstat`), in µs.
+//! VMM process's on-CPU time (every thread's `schedstat`, so the vCPU thread's time in the
+//! guest counts too), in µs.
 //!
 //! Then trapvisor alone with `notify=exit` and with `irq=msi` against its defaults
 //! (ioeventfd, irqfd).
