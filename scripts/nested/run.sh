@@ -276,7 +276,10 @@ for n in "${selected[@]}"; do
         [ "$rc" = "${rc_of[$n]}" ] || reasons+=("exit status $rc, expected ${rc_of[$n]}")
         while IFS=$'\t' read -r sign label re; do
             [ -n "$sign" ] || continue
-            if cat "$d/console" "$d/stderr" 2>/dev/null | tr -d '\r' | grep -qE -- "$re"; then
+            # grep reads to the end (no -q): a grep that quits at its first match leaves tr
+            # writing into a closed pipe, and with pipefail that failure would read as "no
+            # match" (seen: a check that matched line 12 of 80 reported as missing).
+            if cat "$d/console" "$d/stderr" 2>/dev/null | tr -d '\r' | grep -E -- "$re" >/dev/null; then
                 [ "$sign" = + ] || reasons+=("$label: found /$re/")
             else
                 [ "$sign" = - ] || reasons+=("$label: no line matches /$re/")
