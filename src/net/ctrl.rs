@@ -10,7 +10,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MQ, VIRTIO_NET_OK,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{read_at, walk, write_at, Direction, RamMap, Seg};
@@ -66,7 +66,12 @@ impl CtrlState {
         let max_desc = usize::from(a.queue.size());
         loop {
             a.queue.disable_notification(&a.mem)?;
-            while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+            loop {
+                // `iter` refuses an available index more than the queue size ahead: an error
+                // for the caller. (`pop_descriptor_chain` answers None to it, while
+                // `enable_notification` below keeps saying there is more: a spin forever.)
+                let next = a.queue.iter(&a.mem)?.next();
+                let Some(chain) = next else { break };
                 let head = chain.head_index();
                 if head >= a.queue.size() {
                     c.bad_chain += 1;
@@ -171,5 +176,130 @@ fn command(a: &CtrlActive, shared: &Shared, segs: &[Seg], readable: usize) -> u8
             }
         }
         _ => err,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::net::{Net, NetBackend, NetConfig};
+    use crate::virtio::{feature, InterruptError, VirtioDevice, VirtioInterruptType};
+
+    /// A TAP queue with nothing to read that takes every frame.
+    struct Sink(EventFd);
+
+    impl NetBackend for Sink {
+        fn fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+        unsafe fn readv_raw(&self, _: &[libc::iovec]) -> io::Result<Option<usize>> {
+            Ok(None)
+        }
+        unsafe fn writev_raw(&self, iovs: &[libc::iovec]) -> io::Result<Option<usize>> {
+            Ok(Some(iovs.iter().map(|v| v.iov_len).sum()))
+        }
+        fn set_offload(&self, _: u32) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_queue_enabled(&self, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "sink".into()
+        }
+    }
+
+    pub(crate) struct NoIrq;
+
+    impl VirtioInterrupt for NoIrq {
+        fn trigger(&self, _: VirtioInterruptType) -> Result<(), InterruptError> {
+            Ok(())
+        }
+    }
+
+    pub(crate) const SIZE: u16 = 8;
+
+    /// Queue `q`'s rings: descriptors, available ring, used ring.
+    pub(crate) fn rings(q: u64) -> (u64, u64, u64) {
+        let base = 0x1000 + q * 0x3000;
+        (base, base + 0x1000, base + 0x2000)
+    }
+
+    pub(crate) fn queue(q: u64) -> Queue {
+        let (desc, avail, used) = rings(q);
+        let mut queue = Queue::new(SIZE).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(desc))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(avail))
+            .unwrap();
+        queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
+        queue.set_ready(true);
+        queue
+    }
+
+    /// Found by the net_device fuzz target (fuzz/regressions/net_device/): a control queue
+    /// whose available index is more than the queue size ahead made the kick spin forever
+    /// (no chain to pop, yet "more to do" after re-enabling notifications). It is an error for
+    /// that kick now, and the queue answers again once the index is sane.
+    #[test]
+    fn bogus_available_index_is_refused_not_spun_on() {
+        let sink = Sink(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut net = Net::with_backends(&NetConfig::new("ctrl0"), vec![Box::new(sink)]).unwrap();
+        net.ack_features(feature(VIRTIO_NET_F_CTRL_VQ));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        net.activate(mem.clone(), (0..3).map(queue).collect(), Arc::new(NoIrq))
+            .unwrap();
+        let (desc, avail, used) = rings(2);
+        mem.write_obj(0x8000u16, GuestAddress(avail + 2)).unwrap();
+        let (done, wait) = mpsc::channel();
+        let kick = std::thread::spawn(move || {
+            net.process_queue(2).unwrap();
+            done.send(()).unwrap();
+            net
+        });
+        assert!(
+            wait.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the control queue spins on a bogus available index"
+        );
+        let mut net = kick.join().unwrap();
+        let c = net.counters().ctrl;
+        assert_eq!((c.ok, c.err, c.bad_chain), (0, 0, 0));
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 0);
+
+        // VQ_PAIRS_SET without MQ negotiated: answered VIRTIO_NET_ERR.
+        let (cmd, ack) = (0x8_0000u64, 0x8_1000u64);
+        mem.write_slice(&[4, 0, 1, 0], GuestAddress(cmd)).unwrap();
+        mem.write_obj(0xeeu8, GuestAddress(ack)).unwrap();
+        for (i, (addr, len, flags, next)) in [(cmd, 4u32, 1u16, 1u16), (ack, 1, 2, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = desc + 16 * i as u64;
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        }
+        mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+        mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        net.process_queue(2).unwrap();
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(used + 8)).unwrap(), 1);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(ack)).unwrap(),
+            VIRTIO_NET_ERR as u8
+        );
+        assert_eq!(net.counters().ctrl.err, 1);
     }
 }
