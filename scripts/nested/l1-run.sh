@@ -37,6 +37,8 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 
 if [ -n "$tap" ]; then
+    # A scenario killed outright (timeout's SIGKILL) leaves its TAP behind: start afresh.
+    ip link del "$tap" 2>/dev/null
     # shellcheck disable=SC2086 # $mq is one word or none
     ip tuntap add dev "$tap" mode tap $mq &&
         ip addr add 10.0.2.1/24 dev "$tap" &&
