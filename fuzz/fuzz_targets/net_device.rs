@@ -267,6 +267,8 @@ struct Rig {
     /// What the backends should say: attachment per pair, offload flags.
     enabled: [bool; MAX_PAIRS],
     offloads: Option<u32>,
+    /// NET_DEVICE_TRACE set: each step on stderr, to follow a reproducer.
+    trace: bool,
 }
 
 impl Rig {
@@ -320,6 +322,7 @@ impl Rig {
             ctrl_bad_heads: 0,
             enabled: [true; MAX_PAIRS],
             offloads: None,
+            trace: std::env::var_os("NET_DEVICE_TRACE").is_some(),
         }
     }
 
@@ -616,6 +619,9 @@ impl Rig {
                     id < u32::from(dq.size),
                     "queue {q}: used entry for head {id}"
                 );
+                if self.trace {
+                    eprintln!("  used q{q} head {id} len {len}");
+                }
                 let dq = &mut self.qs[q];
                 let Some(sub) = dq.subs[id as usize].pop_front() else {
                     panic!("queue {q}: used entry for head {id}, which is not available");
@@ -744,6 +750,9 @@ fuzz_target!(|input: Input| {
     rig.activate(input.features);
     rig.check();
     for op in input.ops.iter().take(128) {
+        if rig.trace {
+            eprintln!("{op:?}");
+        }
         rig.op(op);
         rig.scan();
         rig.check();

@@ -124,6 +124,12 @@ impl Rig {
     /// Puts `head` in the next available slot and publishes it.
     pub(crate) fn submit(&mut self, q: usize, head: u16, ack: Option<(u64, Expect, Cmd)>) {
         let size = self.qs[q].size;
+        // More than `size` chains in flight (possible only with heads made available twice)
+        // would let the device wrap the used ring between two looks: legal for it, but
+        // entries the model never sees.
+        if self.qs[q].made_available - self.qs[q].used_total >= u64::from(size) {
+            return;
+        }
         let (writable, slots) = if head < size {
             self.bound(q, head)
         } else {
@@ -133,6 +139,9 @@ impl Rig {
         let (avail, shadow) = (dq.avail, dq.shadow);
         self.write_u16(avail + 4 + 2 * u64::from(shadow % size), head);
         self.write_u16(avail + 2, shadow.wrapping_add(1));
+        if self.trace {
+            eprintln!("  submit q{q} head {head} at avail {shadow}: {writable} writable bytes");
+        }
         let dq = &mut self.qs[q];
         dq.shadow = shadow.wrapping_add(1);
         dq.made_available += 1;
