@@ -369,6 +369,21 @@ fn checksum_offload_reaches_the_vnet_header() {
     assert_eq!(checksum(&pseudo), 0, "UDP checksum");
 }
 
+/// Runs `open` again while it says the queue is busy, for up to 2 s. A queue we closed can stay
+/// attached a moment longer: a process that another test thread forks (`ip`) holds a copy of
+/// every fd until it execs (they are close-on-exec).
+fn until_not_busy<T>(mut open: impl FnMut() -> Result<T, TapError>) -> Result<T, TapError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(TapError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[test]
 fn attaches_to_an_existing_tap() {
     let Some(ns) = setup("attach") else { return };
@@ -383,12 +398,12 @@ fn attaches_to_an_existing_tap() {
     assert!(ns.has_link("tvpers0"), "a persistent TAP outlives our fd");
 
     // Its single queue is taken while we hold it.
-    let tap = ns.exec(|| Tap::open("tvpers0")).unwrap();
+    let tap = until_not_busy(|| ns.exec(|| Tap::open("tvpers0"))).unwrap();
     let err = ns.exec(|| Tap::open("tvpers0")).unwrap_err();
     assert!(matches!(err, TapError::Busy { .. }), "{err}");
     // And a single-queue TAP cannot give two queues.
     drop(tap);
-    let err = ns.exec(|| Tap::open_queues("tvpers0", 2)).unwrap_err();
+    let err = until_not_busy(|| ns.exec(|| Tap::open_queues("tvpers0", 2))).unwrap_err();
     assert!(
         matches!(err, TapError::SingleQueue { queues: 2, .. }),
         "{err}"
