@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
@@ -204,7 +204,12 @@ impl VirtioDevice for Rng {
         // re-enabling would otherwise wait for the next kick (virtio 1.2 §2.7.10).
         loop {
             a.queue.disable_notification(mem).map_err(qerr)?;
-            while let Some(chain) = a.queue.pop_descriptor_chain(mem) {
+            loop {
+                // `iter` refuses an available index more than the queue size ahead: an error.
+                // (`pop_descriptor_chain` answers None to it, while `enable_notification`
+                // below keeps saying there is more: a spin forever.)
+                let next = a.queue.iter(mem).map_err(qerr)?.next();
+                let Some(chain) = next else { break };
                 let head = chain.head_index();
                 let len = Rng::serve(
                     self.entropy.as_mut(),
@@ -339,6 +344,45 @@ mod tests {
         assert_eq!(*irq.0.lock().unwrap(), vec![VirtioInterruptType::Queue(0)]);
         let s = rng.stats();
         assert_eq!((s.requests, s.bytes, s.bad_chains), (2, 24, 0));
+    }
+
+    /// Found by the virtio_transport fuzz target (fuzz/regressions/virtio_transport/): an
+    /// available index more than the queue size ahead made the kick (here: the one at
+    /// DRIVER_OK) spin forever. It is an error now, and the queue works once the index is sane.
+    #[test]
+    fn bogus_available_index_is_an_error_not_a_spin() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let descs = [RawDescriptor::from(SplitDescriptor::new(
+            0x10_0000, 16, F_WRITE, 0,
+        ))];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        vq.avail().idx().store(0x8000);
+        let mut rng = Rng::with_source(Box::new(Counting(0)));
+        let irq = Arc::new(Recorder::default());
+        rng.activate(m.clone(), vec![vq.create_queue().unwrap()], irq)
+            .unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        let kick = std::thread::spawn(move || {
+            let r = rng.process_queue(0);
+            done.send(()).unwrap();
+            (rng, r)
+        });
+        assert!(
+            wait.recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the queue spins on a bogus available index"
+        );
+        let (mut rng, r) = kick.join().unwrap();
+        assert!(
+            matches!(r, Err(DeviceError::Queue { queue: 0, .. })),
+            "{r:?}"
+        );
+        assert_eq!(vq.used().idx().load(), 0);
+        vq.avail().idx().store(1);
+        rng.process_queue(0).unwrap();
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 16);
     }
 
     #[test]
