@@ -200,11 +200,21 @@ impl VirtioDevice for Rng {
         let qerr = |err| DeviceError::Queue { queue: 0, err };
         let mem = &a.mem;
         let mut added = 0u32;
+        // At most this many chains per kick: a ring laid over its own used ring (or a driver
+        // refilling as fast as we serve) always has more, and the kick would never end. A
+        // driver never has more than the queue size outstanding, so a real one never hits it.
+        let budget = 4 * u32::from(a.queue.size());
         // Drain, then re-enable kicks and look again: a buffer added between the last pop and
         // re-enabling would otherwise wait for the next kick (virtio 1.2 §2.7.10).
-        loop {
+        'drain: loop {
             a.queue.disable_notification(mem).map_err(qerr)?;
+            let before = added;
             loop {
+                if added >= budget {
+                    log::debug!("virtio-rng: {budget} chains in one kick; the rest waits");
+                    a.queue.enable_notification(mem).map_err(qerr)?;
+                    break 'drain;
+                }
                 // `iter` refuses an available index more than the queue size ahead: an error.
                 // (`pop_descriptor_chain` answers None to it, while `enable_notification`
                 // below keeps saying there is more: a spin forever.)
@@ -222,7 +232,9 @@ impl VirtioDevice for Rng {
                 self.stats.requests += 1;
                 added += 1;
             }
-            if !a.queue.enable_notification(mem).map_err(qerr)? {
+            // "More" after a pass that found nothing (a ring entry it could not read) would
+            // be the same answer forever: the driver's kick resumes it.
+            if !a.queue.enable_notification(mem).map_err(qerr)? || added == before {
                 break;
             }
         }
@@ -383,6 +395,81 @@ mod tests {
         rng.process_queue(0).unwrap();
         assert_eq!(vq.used().idx().load(), 1);
         assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 16);
+    }
+
+    /// A driver that makes a chain available again each time one is served (what a ring laid
+    /// over its own used ring amounts to; found by the virtio_transport fuzz target, whose
+    /// reproducer is in fuzz/regressions/virtio_transport/): the kick ends after its budget.
+    #[test]
+    fn a_ring_that_never_runs_dry_does_not_hold_the_kick_forever() {
+        struct Refill(GuestMemoryMmap, u16);
+        const AVAIL: u64 = 0x2000;
+        impl EntropySource for Refill {
+            fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+                buf.fill(7);
+                // Chain 0 again, in the next slot, published.
+                let slot = GuestAddress(AVAIL + 4 + 2 * u64::from(self.1 % 16));
+                self.0.write_obj(0u16, slot).unwrap();
+                self.1 = self.1.wrapping_add(1);
+                self.0.write_obj(self.1, GuestAddress(AVAIL + 2)).unwrap();
+                Ok(())
+            }
+        }
+        let m = mem();
+        // Descriptor 0: 16 writable bytes; slot 0 of the available ring holds it.
+        m.write_obj(0x10_0000u64, GuestAddress(0x1000)).unwrap();
+        m.write_obj(16u32, GuestAddress(0x1008)).unwrap();
+        m.write_obj(F_WRITE, GuestAddress(0x100c)).unwrap();
+        m.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x1000)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x3000)).unwrap();
+        q.set_ready(true);
+        let mut rng = Rng::with_source(Box::new(Refill(m.clone(), 1)));
+        rng.activate(m, vec![q], Arc::new(Recorder::default()))
+            .unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        let kick = std::thread::spawn(move || {
+            let r = rng.process_queue(0);
+            done.send(()).unwrap();
+            (rng, r)
+        });
+        assert!(
+            wait.recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the kick never ends"
+        );
+        let (rng, r) = kick.join().unwrap();
+        r.unwrap();
+        assert_eq!(rng.stats().requests, 4 * 16);
+    }
+
+    /// The virtio_transport fuzz target's reproducer (fuzz/regressions/virtio_transport/):
+    /// a used ring whose flags lie on the available index. Turning notifications off and on
+    /// moves the index itself, so "more to do" never ends though nothing can be popped.
+    #[test]
+    fn rings_laid_over_each_other_do_not_hold_the_kick_forever() {
+        let m = mem();
+        let mut q = Queue::new(16).unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x1000)).unwrap();
+        // The used ring's flags field is the available ring's index.
+        q.try_set_avail_ring_address(GuestAddress(0x2002)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x2004)).unwrap();
+        q.set_ready(true);
+        let mut rng = Rng::with_source(Box::new(Counting(0)));
+        rng.activate(m, vec![q], Arc::new(Recorder::default()))
+            .unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = rng.process_queue(0);
+            done.send(()).unwrap();
+        });
+        assert!(
+            wait.recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the kick never ends"
+        );
     }
 
     #[test]
