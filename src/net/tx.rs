@@ -83,7 +83,9 @@ impl PairState {
             // One read of the available index per pass (it is the driver's hottest line).
             let mut chains = a.txq.iter(mem)?;
             let mut popped = trace::now(&tr);
+            let mut found = false;
             while let Some(chain) = chains.next() {
+                found = true;
                 let head = chain.head_index();
                 if usize::from(head) >= max_desc {
                     // Not a chain we can even give back.
@@ -134,8 +136,10 @@ impl PairState {
                 }
                 popped = trace::now(&tr);
             }
-            // Kicks back on, then look once more: a chain added in between would wait.
-            if blocked || !a.txq.enable_notification(mem)? {
+            // Kicks back on, then look once more: a chain added in between would wait. "More"
+            // after a pass that found nothing would be the same answer forever (a used ring
+            // whose flags lie on the available index moves it at every toggle).
+            if blocked || !a.txq.enable_notification(mem)? || !found {
                 break;
             }
         }
