@@ -29,6 +29,12 @@ pub enum Wait {
     /// Spin at CPL3 (IF=1) with completion interrupts requested: each completion raises its
     /// MSI-X vector, taken at CPL0 while the loop polls.
     Irq,
+    /// Spin at CPL3 with completion interrupts requested, but read the used rings only after
+    /// an interrupt came in (as an interrupt-driven driver does): a completion the loop waits
+    /// for always arrives with its interrupt, since the loop never consumes it first and moves
+    /// `used_event` past it. After re-arming it looks once more (an entry published before the
+    /// re-arm raises nothing).
+    Intr,
     /// Spin at CPL3 with interrupts suppressed (EVENT_IDX `used_event` behind, or
     /// VRING_AVAIL_F_NO_INTERRUPT).
     Poll,
@@ -41,9 +47,15 @@ impl Wait {
     fn name(self) -> &'static str {
         match self {
             Wait::Irq => "irq",
+            Wait::Intr => "intr",
             Wait::Poll => "poll",
             Wait::Halt => "halt",
         }
+    }
+
+    /// Whether a running workload keeps completion interrupts requested.
+    pub fn wants_interrupts(self) -> bool {
+        matches!(self, Wait::Irq | Wait::Intr)
     }
 }
 
@@ -120,6 +132,7 @@ fn in_range(v: Option<u32>, lo: u32, hi: u32) -> Option<u32> {
 fn parse_wait(s: &str) -> Option<Wait> {
     match s {
         "irq" => Some(Wait::Irq),
+        "intr" => Some(Wait::Intr),
         "poll" => Some(Wait::Poll),
         "halt" => Some(Wait::Halt),
         _ => None,
@@ -285,6 +298,10 @@ pub struct Net {
     pub wait: Wait,
     /// Halts (`wait=halt` waits at CPL0) so far.
     pub halts: u64,
+    /// `wait=intr`: the interrupt count when the used rings were last read, and whether they
+    /// must be read again without a new interrupt (an entry seen after re-arming).
+    pub irq_seen: u64,
+    pub recheck: bool,
     pub ram_top: u64,
 }
 
@@ -356,6 +373,8 @@ fn up(info: &BootInfo) -> &'static mut Net {
         khz: time::tsc_khz().0,
         wait: Wait::Irq,
         halts: 0,
+        irq_seen: 0,
+        recheck: false,
         ram_top: info.ram_top,
     });
     UP.store(true, Ordering::Relaxed);
@@ -389,7 +408,9 @@ fn run_job(net: &mut Net, cmd: NetCommand, case: usize, fail: bool) -> &'static 
         | NetCommand::Echo { wait, .. } => wait,
         _ => Wait::Irq,
     };
-    net.dev.interrupts(net.wait == Wait::Irq);
+    net.dev.interrupts(net.wait.wants_interrupts());
+    // wait=intr: the rings are read once at the start.
+    net.recheck = true;
     // SAFETY: no task runs; JOB is CPL0's until run_task starts one.
     unsafe {
         let job = &mut *JOB.get();

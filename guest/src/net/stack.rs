@@ -329,6 +329,15 @@ impl Net {
     ) -> Result<u32, &'static str> {
         let mut n = 0;
         let mut progress = false;
+        if self.wait == Wait::Intr {
+            let irqs = idt::INTERRUPTS.load(Ordering::Relaxed);
+            if irqs == self.irq_seen && !self.recheck {
+                self.dev.kick_tx();
+                return Ok(0);
+            }
+            self.irq_seen = irqs;
+            self.recheck = false;
+        }
         if self.dev.rx_pending() {
             let seen = cpu::rdtsc();
             let tx_pair = self.dev.tx_pair;
@@ -351,14 +360,17 @@ impl Net {
         }
         self.dev.kick_tx();
         if progress {
-            // Re-arm (wait=irq) or push the suppression ahead (EVENT_IDX): both follow the
-            // entries just consumed.
-            self.dev.interrupts(self.wait == Wait::Irq);
+            // Re-arm (wait=irq, intr) or push the suppression ahead (EVENT_IDX): both follow
+            // the entries just consumed.
+            self.dev.interrupts(self.wait.wants_interrupts());
+            if self.wait == Wait::Intr {
+                self.recheck = self.dev.pending();
+            }
         }
         Ok(n)
     }
 
-    /// Nothing to do before `deadline` (TSC): with `wait=irq` or `poll`, one spin-loop pause
+    /// Nothing to do before `deadline` (TSC): with `wait=irq`, `intr` or `poll`, one spin-loop pause
     /// (the caller polls again); with `halt`, asks for interrupts, checks once more, and halts
     /// at CPL0 until an interrupt or the deadline.
     pub fn idle(&mut self, deadline: u64) {

@@ -418,7 +418,7 @@ struct RxCount {
 
 /// Stops taking received frames (no buffer is reposted, the used rings are left alone) until
 /// `until`, with every interrupt request off: the device runs out of buffers. Transmit
-/// completions are still taken back. Waits at CPL3 (`irq`, `poll`) or halted (`halt`).
+/// completions are still taken back. Waits at CPL3 (`irq`, `intr`, `poll`) or halted (`halt`).
 fn stall_rx(net: &mut Net, until: u64) -> Result<(), &'static str> {
     net.dev.interrupts(false);
     loop {
@@ -434,7 +434,9 @@ fn stall_rx(net: &mut Net, until: u64) -> Result<(), &'static str> {
             cpu::pause();
         }
     }
-    net.dev.interrupts(net.wait == Wait::Irq);
+    net.dev.interrupts(net.wait.wants_interrupts());
+    // wait=intr: what came in during the stall raised nothing; read the rings once more.
+    net.recheck = true;
     Ok(())
 }
 
