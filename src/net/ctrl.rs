@@ -18,6 +18,7 @@ use super::counters::CtrlCounters;
 use super::device::Shared;
 use super::pair::{signal, IrqCounters};
 use super::used::UsedRing;
+use crate::virtio::queue::DrainPasses;
 use crate::virtio::VirtioInterrupt;
 
 /// Guest offloads `GUEST_OFFLOADS_SET` may turn on or off.
@@ -64,6 +65,7 @@ impl CtrlState {
             return Ok(());
         }
         let max_desc = usize::from(a.queue.size());
+        let mut passes = DrainPasses::default();
         loop {
             a.queue.disable_notification(&a.mem)?;
             let mut found = false;
@@ -110,9 +112,7 @@ impl CtrlState {
                 };
                 a.used.add(&a.mem, head, len)?;
             }
-            // "More" after a pass that found nothing would be the same answer forever (a used
-            // ring whose flags lie on the available index moves it at every toggle).
-            if !a.queue.enable_notification(&a.mem)? || !found {
+            if !passes.again(a.queue.enable_notification(&a.mem)?, found) {
                 break;
             }
         }

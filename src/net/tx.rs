@@ -16,6 +16,7 @@ use super::counters::TxCounters;
 use super::header::{validate_tx, VnetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN};
 use super::pair::{signal, IrqCounters, PairState, BATCH, PUBLISH_BATCH};
 use super::trace::{self, Tracer};
+use crate::virtio::queue::DrainPasses;
 
 /// What became of one chain.
 enum Sent {
@@ -78,6 +79,7 @@ impl PairState {
         let mem = &a.mem;
         let max_desc = usize::from(a.txq.size());
         let mut blocked = false;
+        let mut passes = DrainPasses::default();
         loop {
             a.txq.disable_notification(mem)?;
             // One read of the available index per pass (it is the driver's hottest line).
@@ -136,10 +138,8 @@ impl PairState {
                 }
                 popped = trace::now(&tr);
             }
-            // Kicks back on, then look once more: a chain added in between would wait. "More"
-            // after a pass that found nothing would be the same answer forever (a used ring
-            // whose flags lie on the available index moves it at every toggle).
-            if blocked || !a.txq.enable_notification(mem)? || !found {
+            // Kicks back on, then look once more: a chain added in between would wait.
+            if blocked || !passes.again(a.txq.enable_notification(mem)?, found) {
                 break;
             }
         }

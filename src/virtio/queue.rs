@@ -108,6 +108,26 @@ impl QueueRegs {
     }
 }
 
+/// Whether a device's drain loop (pop every chain, re-enable notifications, look again) goes
+/// round once more. "More" after a pass that popped nothing is normal once: the driver
+/// published a chain between that pass and the re-enable, and may not kick for it, so it must
+/// be served now (virtio 1.2 §2.7.10). A second empty pass in a row means the answer will not
+/// change (a ring laid over its own used ring moves the available index at every toggle): the
+/// loop ends, and the driver's next kick resumes it.
+#[derive(Debug, Default)]
+pub struct DrainPasses {
+    empty: u8,
+}
+
+impl DrainPasses {
+    /// After a pass that popped something (`found`) or not, and re-enabling notifications,
+    /// which said whether there is `more`.
+    pub fn again(&mut self, more: bool, found: bool) -> bool {
+        self.empty = if found { 0 } else { self.empty + 1 };
+        more && self.empty < 2
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +219,20 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_drain_goes_round_after_one_empty_pass_not_two() {
+        let mut d = DrainPasses::default();
+        assert!(d.again(true, true));
+        // Published between the pass and the re-enable: look again.
+        assert!(d.again(true, false));
+        assert!(d.again(true, true));
+        assert!(d.again(true, false));
+        // Two empty passes in a row: the same answer forever.
+        assert!(!d.again(true, false));
+        let mut d = DrainPasses::default();
+        assert!(!d.again(false, true));
+        assert!(!d.again(false, false));
     }
 }
