@@ -49,6 +49,16 @@ fn host_tool(ns: &NetNs, args: &[&str]) -> Command {
     c
 }
 
+/// Runs the host tool to its end; fails the test with its stderr unless it succeeded.
+fn host_ok(ns: &NetNs, args: &[&str]) {
+    let host = host_tool(ns, args).output().unwrap();
+    assert!(
+        host.status.success(),
+        "{}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+}
+
 /// Reads the child's stdout until a line contains `needle`; returns what was read. The rest
 /// of the output is drained on a thread and comes back from `finish`.
 struct Guest {
@@ -217,18 +227,11 @@ fn udp_host_to_guest_without_loss() {
     let Some(ns) = setup("udp-rx") else { return };
     let mut g = Guest::start(trapvisor(&ns, "tap=tv0", "net.udp-rx=9000,seconds=6", &[]));
     g.wait_for("net: udp-rx listening");
-    let host = host_tool(
+    host_ok(
         &ns,
         &[
             "send", GUEST_IP, "9000", "--count", "2000", "--pps", "1000", "--size", "512",
         ],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        host.status.success(),
-        "{}",
-        String::from_utf8_lossy(&host.stderr)
     );
     let out = g.finish();
     assert_eq!(out.code, Some(0), "{}", out.dump());
@@ -324,19 +327,12 @@ fn two_queue_pairs_carry_udp_both_ways() {
     ));
     g.wait_for("net: udp-rx listening");
     // 16 source ports: the TAP spreads them over its two queues by flow hash.
-    let host = host_tool(
+    host_ok(
         &ns,
         &[
             "send", GUEST_IP, "9001", "--count", "2000", "--pps", "1000", "--size", "512",
             "--flows", "16",
         ],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        host.status.success(),
-        "{}",
-        String::from_utf8_lossy(&host.stderr)
     );
     let out = g.finish();
     assert_eq!(out.code, Some(0), "{}", out.dump());
