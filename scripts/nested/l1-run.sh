@@ -9,6 +9,10 @@
 #   --mq         make it a multiqueue TAP (IFF_MULTI_QUEUE, for queues=N)
 #   --iperf      an iperf3 server on 10.0.2.1 while COMMAND runs (for l2.iperf=client:10.0.2.1)
 #
+# When COMMAND is "trapvisor run ...", it gets --api-socket $L1RUN_API (default
+# /run/l1-run-api.sock), so that a scenario about to time out can be asked for its statistics
+# (run.sh's job does, with the threads' kernel stacks: DIR/NAME/hang).
+#
 # COMMAND's stdout (the L2 console) passes through unchanged; when a line starts with
 # "L2: userspace up", the wall time since COMMAND started goes to stderr as
 # "l1-run: wall_to_userspace_s=S". Exit status: COMMAND's (2 when the set-up failed).
@@ -48,6 +52,12 @@ if [ "$iperf" = 1 ]; then
     command -v iperf3 >/dev/null || { echo "l1-run: iperf3 is not installed" >&2; exit 2; }
     iperf3 -s -B 10.0.2.1 >/dev/null 2>&1 </dev/null &
     srv=$!
+fi
+
+api=${L1RUN_API:-/run/l1-run-api.sock}
+if [ "${1##*/}" = trapvisor ] && [ "${2:-}" = run ]; then
+    rm -f "$api"
+    set -- "$1" run --api-socket "$api" "${@:3}"
 fi
 
 start=$EPOCHREALTIME
