@@ -65,16 +65,21 @@ fn show(text: &str) {
 fn run_harness(
     root: &std::path::Path,
     out: &std::path::Path,
+    only: Option<&str>,
 ) -> (Option<std::process::ExitStatus>, String) {
     let start = Instant::now();
-    let mut child = Command::new("bash")
-        .arg(root.join("scripts/nested/run.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/nested/run.sh"))
         .arg("--out")
         .arg(out)
         .arg("--trapvisor")
         .arg(env!("CARGO_BIN_EXE_trapvisor"))
         .arg("--timeout")
-        .arg(L1_LIMIT.as_secs().to_string())
+        .arg(L1_LIMIT.as_secs().to_string());
+    if let Some(only) = only {
+        cmd.arg("--only").arg(only);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -118,7 +123,7 @@ fn nested_linux_scenarios() {
     let mut attempt = 0;
     let (status, log) = loop {
         attempt += 1;
-        let (status, log) = run_harness(&root, &out);
+        let (status, log) = run_harness(&root, &out, None);
         let finished = std::fs::read_to_string(out.join("l1-console.log"))
             .is_ok_and(|c| c.contains("L1: powering off"));
         if finished || attempt == 2 {
@@ -158,26 +163,67 @@ fn nested_linux_scenarios() {
         tail(&out.join("l1-console.log"), 40)
     );
     let failed: Vec<&Row> = rows.iter().filter(|r| r.verdict == "FAIL").collect();
+    if failed.is_empty() {
+        assert_eq!(code, Some(0), "run.sh exited {code:?}\n{log}");
+        return;
+    }
+    // Once in a few L1 boots an L2 vCPU stops for good inside L1's KVM (on TCG's emulated
+    // SVM): its thread never leaves KVM_RUN, the L2 CPU answers no NMI, or L2 triple-faults out
+    // of nowhere, from L2's early boot on, and with QEMU as L2's VMM too (there L1's KVM was
+    // seen injecting the same #PF 15,000 times a second). See docs/nested.md. The failed
+    // scenarios run once more, on a fresh L1: they must pass there, and the first failure is
+    // printed in full either way.
+    let names: Vec<&str> = failed.iter().map(|r| r.name.as_str()).collect();
+    let first = why_failed(&out, &failed);
+    show(&format!(
+        "nested_linux: FAILED in the first L1: {}; running them once more on a fresh L1\n{first}",
+        names.join(", ")
+    ));
+    let again_dir = root.join(".cache/nested/test-results-again");
+    let only = format!("^({})$", names.join("|"));
+    let (status, log) = run_harness(&root, &again_dir, Some(&only));
+    let again = read_summary(&again_dir);
+    let mut report = String::from("nested_linux: on a fresh L1:\n");
+    for r in &again {
+        report += &format!(
+            "  {:<5} {:<26} exit {:<4} {:>6} s  {}\n",
+            r.verdict, r.name, r.rc, r.secs, r.reason
+        );
+    }
+    show(&report);
+    let failed: Vec<&Row> = again.iter().filter(|r| r.verdict != "PASS").collect();
+    assert!(
+        again.len() == names.len() && failed.is_empty(),
+        "{} nested scenario(s) failed in two L1s: {}\n{}\n(all results in {} and {})\n\
+         --- the second run's log ---\n{log}",
+        names.len(),
+        names.join(", "),
+        why_failed(&again_dir, &failed),
+        out.display(),
+        again_dir.display()
+    );
+    let code = status.and_then(|s| s.code());
+    assert_eq!(code, Some(0), "run.sh exited {code:?}\n{log}");
+}
+
+/// Each failed scenario's reason, console tail, stderr tail and (when it hung) post-mortem.
+fn why_failed(out: &Path, failed: &[&Row]) -> String {
     let mut why = String::new();
-    for r in &failed {
+    for r in failed {
+        let dir = out.join(&r.name);
         why += &format!(
             "\n=== scenario {} FAILED: {}\n--- console (last lines) ---\n{}\n--- stderr ---\n{}\n",
             r.name,
             r.reason,
-            tail(&out.join(&r.name).join("console"), 25),
-            tail(&out.join(&r.name).join("stderr"), 15)
+            tail(&dir.join("console"), 25),
+            tail(&dir.join("stderr"), 15)
         );
+        if dir.join("hang").exists() {
+            why += &format!(
+                "--- post-mortem 25 s before the limit (threads, stats, L1's KVM) ---\n{}\n",
+                tail(&dir.join("hang"), 80)
+            );
+        }
     }
-    assert!(
-        failed.is_empty(),
-        "{} nested scenario(s) failed: {}\n{why}\n(all results in {})",
-        failed.len(),
-        failed
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        out.display()
-    );
-    assert_eq!(code, Some(0), "run.sh exited {code:?}\n{log}");
+    why
 }

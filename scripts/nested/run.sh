@@ -170,6 +170,22 @@ dump_vmm() {
         done
         [ -S /run/l1-run-api.sock ] && timeout 20 "$J/bin/trapvisor" ctl --api-socket /run/l1-run-api.sock stats
     done
+    # L1's KVM for one second: which exits the guests' vCPUs take (a vCPU that never leaves
+    # KVM_RUN: is it the guest looping, or KVM?).
+    tr=/sys/kernel/tracing
+    [ -d $tr/events ] || mount -t tracefs nodev $tr 2>/dev/null
+    if [ -d $tr/events/kvm ]; then
+        echo >$tr/trace
+        echo 1 >$tr/events/kvm/kvm_exit/enable
+        echo 1 >$tr/events/kvm/kvm_inj_virq/enable 2>/dev/null
+        echo 1 >$tr/events/kvm/kvm_inj_exception/enable 2>/dev/null
+        sleep 1
+        echo 0 >$tr/events/kvm/enable
+        echo "== L1 kvm events in 1 s: by thread and event"
+        grep -v '^#' $tr/trace | awk '{ k = $1 " " $5 " " $9; n[k]++ } END { for (k in n) print n[k], k }' | sort -rn | head -30
+        echo "== the last of them"
+        grep -v '^#' $tr/trace | tail -n 40
+    fi
 }
 run_one() {
     n=$1; t=$2; shift 2
