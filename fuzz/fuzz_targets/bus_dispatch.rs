@@ -37,7 +37,7 @@ enum Access {
 fuzz_target!(|accesses: Vec<Access>| {
     let pio = Bus::new(BusKind::Pio);
     let mmio = Bus::new(BusKind::Mmio);
-    let devs = legacy::register(&pio, &mmio, NoIrq, Box::new(sink()), Box::new(sink())).unwrap();
+    let devs = legacy::register(&pio, &mmio, NoIrq, NoIrq, Box::new(sink()), Box::new(sink())).unwrap();
     let buses = Buses { pio: &pio, mmio: &mmio };
     let mut sink_writes = 0u64;
     for a in accesses.into_iter().take(256) {
