@@ -26,8 +26,9 @@ use stack::Stack;
 /// How a workload waits for the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// Spin at CPL3 (IF=1) with completion interrupts requested: each completion raises its
-    /// MSI-X vector, taken at CPL0 while the loop polls.
+    /// Spin at CPL3 (IF=1) with completion interrupts requested: a completion raises its
+    /// MSI-X vector, taken at CPL0 while the loop polls, unless the loop consumed it (and moved
+    /// `used_event` past it) before the device looked.
     Irq,
     /// Spin at CPL3 with completion interrupts requested, but read the used rings only after
     /// an interrupt came in (as an interrupt-driven driver does): a completion the loop waits

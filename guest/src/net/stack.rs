@@ -370,9 +370,9 @@ impl Net {
         Ok(n)
     }
 
-    /// Nothing to do before `deadline` (TSC): with `wait=irq`, `intr` or `poll`, one spin-loop pause
-    /// (the caller polls again); with `halt`, asks for interrupts, checks once more, and halts
-    /// at CPL0 until an interrupt or the deadline.
+    /// Nothing to do before `deadline` (TSC): with `wait=irq`, `intr` or `poll`, one spin-loop
+    /// pause (the caller polls again); with `halt`, asks for interrupts, checks once more, and
+    /// halts at CPL0 until an interrupt or the deadline.
     pub fn idle(&mut self, deadline: u64) {
         if self.wait != Wait::Halt {
             cpu::pause();
