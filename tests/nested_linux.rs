@@ -147,12 +147,7 @@ fn nested_linux_scenarios() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for r in &rows {
-        report += &format!(
-            "  {:<5} {:<26} exit {:<4} {:>6} s  {}\n",
-            r.verdict, r.name, r.rc, r.secs, r.reason
-        );
-    }
+    report += &table(&rows);
     show(&report);
 
     let code = status.and_then(|s| s.code());
@@ -183,14 +178,7 @@ fn nested_linux_scenarios() {
     let only = format!("^({})$", names.join("|"));
     let (status, log) = run_harness(&root, &again_dir, Some(&only));
     let again = read_summary(&again_dir);
-    let mut report = String::from("nested_linux: on a fresh L1:\n");
-    for r in &again {
-        report += &format!(
-            "  {:<5} {:<26} exit {:<4} {:>6} s  {}\n",
-            r.verdict, r.name, r.rc, r.secs, r.reason
-        );
-    }
-    show(&report);
+    show(&format!("nested_linux: on a fresh L1:\n{}", table(&again)));
     let failed: Vec<&Row> = again.iter().filter(|r| r.verdict != "PASS").collect();
     assert!(
         again.len() == names.len() && failed.is_empty(),
@@ -204,6 +192,18 @@ fn nested_linux_scenarios() {
     );
     let code = status.and_then(|s| s.code());
     assert_eq!(code, Some(0), "run.sh exited {code:?}\n{log}");
+}
+
+/// One line per scenario: verdict, name, exit status, seconds, reason.
+fn table(rows: &[Row]) -> String {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "  {:<5} {:<26} exit {:<4} {:>6} s  {}\n",
+                r.verdict, r.name, r.rc, r.secs, r.reason
+            )
+        })
+        .collect()
 }
 
 /// Each failed scenario's reason, console tail, stderr tail and (when it hung) post-mortem.

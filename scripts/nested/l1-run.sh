@@ -9,8 +9,8 @@
 #   --mq         make it a multiqueue TAP (IFF_MULTI_QUEUE, for queues=N)
 #   --iperf      an iperf3 server on 10.0.2.1 while COMMAND runs (for l2.iperf=client:10.0.2.1)
 #
-# When COMMAND is "trapvisor run ...", it gets --api-socket $L1RUN_API (default
-# /run/l1-run-api.sock), so that a scenario about to time out can be asked for its statistics
+# When COMMAND is "trapvisor run ...", it gets --api-socket /run/l1-run-api.sock (the path
+# run.sh's job asks), so that a scenario about to time out can be asked for its statistics
 # (run.sh's job does, with the threads' kernel stacks: DIR/NAME/hang).
 #
 # COMMAND's stdout (the L2 console) passes through unchanged; when a line starts with
@@ -54,7 +54,7 @@ if [ "$iperf" = 1 ]; then
     srv=$!
 fi
 
-api=${L1RUN_API:-/run/l1-run-api.sock}
+api=/run/l1-run-api.sock
 if [ "${1##*/}" = trapvisor ] && [ "${2:-}" = run ]; then
     rm -f "$api"
     set -- "$1" run --api-socket "$api" "${@:3}"
