@@ -13,7 +13,7 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let guest_dir = manifest_dir.join("guest");
-    for path in ["src", "Cargo.toml", "Cargo.lock", "link.ld", "build.rs"] {
+    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
     let dest = out_dir.join("trapvisor-guest.elf");

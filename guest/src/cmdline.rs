@@ -3,8 +3,8 @@
 //! An empty command line runs [`DEFAULT`]. Every word is parsed before any runs, so a typo fails
 //! the guest before it does anything.
 
-/// The sequence run for an empty command line.
-pub const DEFAULT: &str = "hello pio-loop=1000 mmio-loop=1000 cpl3";
+/// The sequence run for an empty command line (per arch: x86 has port I/O, aarch64 does not).
+pub const DEFAULT: &str = crate::arch::commands::DEFAULT;
 /// Default count for `pio-loop`, `mmio-loop` and `cpl3` without `=N`.
 pub const DEFAULT_COUNT: u32 = 1000;
 
@@ -17,7 +17,8 @@ pub enum Command {
     PioLoop(u32),
     /// `mmio-loop=N`: N 32-bit MMIO writes to the test device's SINK register.
     MmioLoop(u32),
-    /// `cpl3[=N]`: compute at CPL3, N MMIO SINK writes and a console line from there.
+    /// `cpl3[=N]` (or `el0[=N]`, its aarch64 name): compute unprivileged (CPL3, EL0), N MMIO
+    /// SINK writes and a console line from there.
     Cpl3(u32),
     /// `idle`: `sti; hlt` forever.
     Idle,
@@ -83,7 +84,7 @@ pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
         "hello" => no_value(Command::Hello),
         "pio-loop" => Ok(Command::PioLoop(count(Some(DEFAULT_COUNT))?)),
         "mmio-loop" => Ok(Command::MmioLoop(count(Some(DEFAULT_COUNT))?)),
-        "cpl3" => Ok(Command::Cpl3(count(Some(DEFAULT_COUNT))?)),
+        "cpl3" | "el0" => Ok(Command::Cpl3(count(Some(DEFAULT_COUNT))?)),
         "idle" => no_value(Command::Idle),
         "triple-fault" => no_value(Command::TripleFault),
         "smp" => no_value(Command::Smp),

@@ -1,10 +1,8 @@
 //! Runs the command line (see `cmdline`): every word is checked first, then each runs in
 //! order; after the last, PASS.
-use core::arch::asm;
-
+use crate::arch::{self, testdev, BootInfo};
 use crate::cmdline::{self, Command, ParseError};
-use crate::pvh::BootInfo;
-use crate::{cpu, drivers, idt, pci, println, smp, testdev, user};
+use crate::{drivers, pci, println, report};
 
 /// Parses and runs `line` (empty: [`cmdline::DEFAULT`]); never returns.
 pub fn run_all(info: &BootInfo) -> ! {
@@ -20,7 +18,12 @@ pub fn run_all(info: &BootInfo) -> ! {
     for word in cmdline::words(line) {
         match cmdline::parse(word) {
             Ok(Command::Net(n)) => crate::net::configure(&n),
-            Ok(_) => {}
+            Ok(c) => {
+                if let Some(why) = arch::commands::unsupported(&c) {
+                    println!("unsupported command: {}", word);
+                    crate::fail!("{}: {}", word, why);
+                }
+            }
             Err(ParseError::Unknown(w)) => {
                 println!("unknown command: {}", w);
                 crate::fail!("unknown command: {}", w);
@@ -36,25 +39,22 @@ pub fn run_all(info: &BootInfo) -> ! {
             run(command, info, raw);
         }
     }
-    testdev::pass()
+    report::pass()
 }
 
 fn run(command: Command, info: &BootInfo, raw: &str) {
     match command {
         Command::Hello => hello(info, raw),
-        Command::PioLoop(n) => pio_loop(n),
+        Command::PioLoop(n) => arch::commands::pio_loop(n),
         Command::MmioLoop(n) => mmio_loop(n),
-        Command::Cpl3(n) => user::run(n),
-        Command::Idle => idle(),
-        Command::TripleFault => {
-            println!("triple-fault: now");
-            idt::triple_fault()
-        }
-        Command::Smp => smp::run(info.rsdp_paddr),
+        Command::Cpl3(n) => arch::user::run(n),
+        Command::Idle => arch::commands::idle(),
+        Command::TripleFault => arch::commands::triple_fault(),
+        Command::Smp => arch::smp::run(info),
         Command::Pci => {
-            pci::list(info.rsdp_paddr);
+            pci::list(info);
         }
-        Command::Rng => drivers::rng::run(info.rsdp_paddr),
+        Command::Rng => drivers::rng::run(info),
         Command::Exit(code) => {
             println!("exit: reporting {}", code);
             testdev::exit(code)
@@ -71,19 +71,11 @@ fn hello(info: &BootInfo, raw: &str) {
     } else {
         println!("cmdline: {}", raw);
     }
-    println!(
-        "start info: {:#x} version {}, rsdp {:#x}, {} memory map entries, {} MiB RAM, {} APIC",
-        info.start_info_paddr,
-        info.version,
-        info.rsdp_paddr,
-        info.memmap_entries,
-        info.ram_bytes >> 20,
-        if crate::apic::is_x2apic() { "x2" } else { "x" }
-    );
+    arch::commands::hello(info);
 }
 
 /// Checks a SINK count after `n` writes and prints the result line.
-fn report_sink(what: &str, n: u32, present: bool, before: u32, after: u32) {
+pub fn report_sink(what: &str, n: u32, present: bool, before: u32, after: u32) {
     if !present || after == testdev::ABSENT {
         println!("{}: {} exits, sink=absent", what, n);
         return;
@@ -95,54 +87,11 @@ fn report_sink(what: &str, n: u32, present: bool, before: u32, after: u32) {
     }
 }
 
-fn pio_loop(n: u32) {
-    let present = testdev::present();
-    let before = testdev::sink_pio();
-    if n > 0 {
-        // SAFETY: port writes to the test device's SINK register, which only counts them.
-        unsafe {
-            asm!(
-                "2:",
-                "out dx, eax",
-                "dec ecx",
-                "jnz 2b",
-                in("dx") testdev::SINK_PORT,
-                in("eax") 0u32,
-                inout("ecx") n => _,
-                options(nomem, nostack),
-            )
-        }
-    }
-    let after = testdev::sink_pio();
-    report_sink("pio-loop", n, present, before, after);
-}
-
+/// `mmio-loop=N`: N 32-bit MMIO writes to the test device's SINK register.
 fn mmio_loop(n: u32) {
     let present = testdev::present();
     let before = testdev::sink_mmio();
-    if n > 0 {
-        // SAFETY: MMIO writes to the test device's SINK register (identity-mapped, uncached),
-        // which only counts them.
-        unsafe {
-            asm!(
-                "2:",
-                "mov dword ptr [{addr}], eax",
-                "dec ecx",
-                "jnz 2b",
-                addr = in(reg) testdev::SINK_MMIO,
-                in("eax") 0u32,
-                inout("ecx") n => _,
-                options(nostack),
-            )
-        }
-    }
+    arch::commands::sink_writes(n);
     let after = testdev::sink_mmio();
     report_sink("mmio-loop", n, present, before, after);
-}
-
-fn idle() -> ! {
-    println!("idle: halted with interrupts on");
-    loop {
-        cpu::sti_hlt();
-    }
 }

@@ -1,53 +1,31 @@
 //! trapvisor-guest: the built-in test guest of trapvisor.
 //!
-//! A PVH-bootable x86_64 kernel (`boot`) that reads commands from its command line
-//! (`cmdline`, `commands`) and reports through the serial port and the debug-exit port. See
-//! trapvisor's `docs/builtin-guest.md`.
+//! A small kernel for x86_64 (a PVH ELF) and aarch64 (an arm64 `Image`) that reads commands
+//! from its command line (`cmdline`, `commands`) and reports through the console and the
+//! VMM's exit device (`report`). Everything that differs between the two is under `arch/`;
+//! the rest (commands, PCI, MSI-X, virtio and its drivers, the IPv4 stack and its workloads) is
+//! shared. See trapvisor's `docs/builtin-guest.md`.
 #![no_std]
 #![no_main]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod acpi;
-mod apic;
-mod boot;
+mod arch;
 mod cmdline;
 mod commands;
-mod cpu;
+mod crc32;
 mod drivers;
-mod gdt;
-mod idt;
 mod msix;
 mod net;
-mod paging;
 mod pci;
-mod pvh;
-mod serial;
-mod smp;
+mod report;
 mod sync;
-mod testdev;
-mod time;
-mod user;
 mod virtio;
-
-/// Called by the boot stub in long mode, on the boot stack, interrupts off.
-#[no_mangle]
-extern "C" fn rust_main(start_info_paddr: u64) -> ! {
-    serial::init();
-    gdt::init();
-    idt::init();
-    let info = match pvh::read(start_info_paddr) {
-        Ok(info) => info,
-        Err(e) => fail!("{} (start info at {:#x})", e, start_info_paddr),
-    };
-    apic::init_bsp();
-    commands::run_all(info)
-}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    if user::at_cpl3() {
-        // No port I/O at CPL3: the message goes through the task's log.
-        user::panic_at_cpl3(info)
+    if arch::user::in_user() {
+        // No console access unprivileged: the message goes through the task's log.
+        arch::user::panic_in_user(info)
     }
-    testdev::fail_unlocked(format_args!("panic: {}", info))
+    report::fail_unlocked(format_args!("panic: {}", info))
 }

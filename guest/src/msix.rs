@@ -1,5 +1,8 @@
-//! MSI-X: the capability, its table, and messages to a local APIC.
-use crate::cpu;
+//! MSI-X: the capability and its table. What a table entry holds (the message: an address and
+//! data that reach one CPU's interrupt controller) comes from the arch (`arch::msi::message`).
+use core::fmt;
+
+use crate::arch::{self, cpu};
 use crate::pci::{self, Bdf, Function};
 
 /// Message control: MSI-X enable.
@@ -10,8 +13,22 @@ const CTRL_FUNCTION_MASK: u16 = 1 << 14;
 const ENTRY_BYTES: u64 = 16;
 /// Vector control: masked.
 const ENTRY_MASKED: u32 = 1;
-/// MSI address of the local APIC range (destination APIC ID in bits 19:12, physical mode).
-const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
+
+/// An MSI message: the device writes `data` (32 bits) to `addr`.
+#[derive(Clone, Copy)]
+pub struct Message {
+    pub addr: u64,
+    pub data: u32,
+    /// Who receives it, in the arch's terms (x86: the APIC ID; aarch64: the LPI).
+    pub target: u32,
+}
+
+impl fmt::Display for Message {
+    /// `apic 0 vector 0x40` (x86), `lpi 8256 event 0x40 devid 0x8` (aarch64).
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        arch::msi::describe(self, f)
+    }
+}
 
 /// An MSI-X capability.
 #[derive(Clone, Copy)]
@@ -68,21 +85,14 @@ impl Msix {
         pci::read16(bdf, self.cap + 2)
     }
 
-    /// Points table entry `entry` at `vector` on the local APIC with ID `apic_id` (fixed
-    /// delivery, edge) and unmasks it. The table's BAR must be mapped (see `paging`).
-    pub fn route(
-        &self,
-        f: &Function,
-        entry: u16,
-        apic_id: u32,
-        vector: u8,
-    ) -> Result<(), &'static str> {
+    /// Points table entry `entry` at `vector` on this CPU (the message from
+    /// `arch::msi::message`) and unmasks it; returns the message. The table's BAR must be mapped
+    /// (see `arch::paging`).
+    pub fn route(&self, f: &Function, entry: u16, vector: u8) -> Result<Message, &'static str> {
         if entry >= self.table_size {
             return Err("MSI-X entry beyond the table");
         }
-        if apic_id > 0xff {
-            return Err("APIC ID above 255 does not fit an MSI address");
-        }
+        let msg = arch::msi::message(f.bdf, vector)?;
         let bar = f
             .bar(self.table_bar)
             .ok_or("MSI-X table in a BAR the device lacks")?;
@@ -94,14 +104,14 @@ impl Msix {
         // the driver; the table entry only decides where the device's interrupts go.
         unsafe {
             cpu::mmio_write32(at + 12, ENTRY_MASKED);
-            cpu::mmio_write32(at, MSI_ADDRESS_BASE | (apic_id << 12));
-            cpu::mmio_write32(at + 4, 0);
-            cpu::mmio_write32(at + 8, u32::from(vector));
+            cpu::mmio_write32(at, msg.addr as u32);
+            cpu::mmio_write32(at + 4, (msg.addr >> 32) as u32);
+            cpu::mmio_write32(at + 8, msg.data);
             cpu::mmio_write32(at + 12, 0);
-            if cpu::mmio_read32(at + 8) != u32::from(vector) {
+            if cpu::mmio_read32(at + 8) != msg.data {
                 return Err("MSI-X table entry did not keep its data");
             }
         }
-        Ok(())
+        Ok(msg)
     }
 }

@@ -1,19 +1,17 @@
 //! PCI bus 0: configuration space, enumeration, BARs and capabilities.
 //!
-//! Configuration space is reached through ECAM when the ACPI MCFG has a window for segment 0,
-//! bus 0 (the function's dword 0 is then cross-checked over conf1), else through conf1 (ports
-//! 0xcf8/0xcfc). Every function's BARs are sized with the usual protocol (decode off, write all
-//! ones, read back, restore); a memory BAR left at 0 is assigned from the 32-bit window
-//! 0xc000_0000..0xe000_0000 above every BAR already there (an I/O BAR from 0xc000..0x10000), and
-//! decode is enabled for whatever the function has. Bus mastering is left to drivers.
+//! Where configuration space is comes from the arch ([`Platform`], from `arch::pci::platform`):
+//! an ECAM window for bus 0 (x86: the ACPI MCFG, whose answers are cross-checked over conf1;
+//! aarch64: the FDT's `pci-host-ecam-generic`), else the arch's legacy mechanism (x86's conf1,
+//! ports 0xcf8/0xcfc). Every function's BARs are sized with the usual protocol (decode off,
+//! write all ones, read back, restore); a memory BAR left at 0 is assigned from the platform's
+//! 32-bit window above every BAR already there (an I/O BAR from its I/O window, when it has one),
+//! and decode is enabled for whatever the function has. Bus mastering is left to drivers.
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpu::{self, inb, inl, inw, outl, outw};
-use crate::{acpi, paging, println, virtio};
-
-const CONF1_ADDRESS: u16 = 0xcf8;
-const CONF1_DATA: u16 = 0xcfc;
+use crate::arch::{self, cpu};
+use crate::{println, virtio};
 
 const REG_ID: u16 = 0x00;
 pub const REG_COMMAND: u16 = 0x04;
@@ -31,16 +29,24 @@ const STATUS_CAP_LIST: u16 = 1 << 4;
 pub const CAP_VENDOR: u8 = 0x09;
 pub const CAP_MSIX: u8 = 0x11;
 
-/// Where unassigned memory BARs go: trapvisor's DSDT window, and on QEMU q35 the start of the
-/// 32-bit hole above its ECAM.
-const MEM32_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
-const IO_WINDOW: (u64, u64) = (0xc000, 0x1_0000);
 /// Functions kept from one scan.
 pub const MAX_FUNCTIONS: usize = 32;
-/// Bytes of one function's ECAM space.
-const ECAM_BUS_BYTES: u64 = 1 << 20;
+/// Bytes of one bus's ECAM space.
+pub const ECAM_BUS_BYTES: u64 = 1 << 20;
 
-/// ECAM base for bus 0; 0 = use conf1.
+/// How the platform reaches bus 0, and where BARs may go.
+pub struct Platform {
+    /// ECAM base of bus 0 (mapped uncached by the arch), or None: the legacy mechanism.
+    pub ecam: Option<u64>,
+    /// Where the ECAM base came from (`mcfg`, `fdt`).
+    pub source: &'static str,
+    /// Window for memory BARs that read 0: [start, end) (PCI and CPU addresses are the same).
+    pub mem32: (u64, u64),
+    /// Window for I/O BARs that read 0 (None: I/O BARs stay unassigned and I/O decode off).
+    pub io: Option<(u64, u64)>,
+}
+
+/// ECAM base for bus 0; 0 = use the legacy mechanism.
 static ECAM: AtomicU64 = AtomicU64::new(0);
 
 /// A function on bus 0.
@@ -62,10 +68,6 @@ fn absent(id: u32) -> bool {
     matches!(id, 0xffff_ffff | 0 | 0x0000_ffff | 0xffff_0000)
 }
 
-fn conf1_address(bdf: Bdf, off: u16) -> u32 {
-    0x8000_0000 | (u32::from(bdf.dev) << 11) | (u32::from(bdf.func) << 8) | u32::from(off & 0xfc)
-}
-
 fn ecam_address(bdf: Bdf) -> Option<u64> {
     match ECAM.load(Ordering::Relaxed) {
         0 => None,
@@ -73,17 +75,17 @@ fn ecam_address(bdf: Bdf) -> Option<u64> {
     }
 }
 
-/// Reads a config dword over conf1, whatever the access method.
-fn conf1_read32(bdf: Bdf, off: u16) -> u32 {
-    outl(CONF1_ADDRESS, conf1_address(bdf, off));
-    inl(CONF1_DATA)
+/// Reads `width` bytes of config space through the arch's legacy mechanism (all ones without
+/// one).
+fn legacy_read(bdf: Bdf, off: u16, width: u8) -> u32 {
+    arch::pci::legacy_read(bdf, off, width).unwrap_or(u32::MAX)
 }
 
 pub fn read32(bdf: Bdf, off: u16) -> u32 {
     match ecam_address(bdf) {
         // SAFETY: the ECAM window of bus 0 is mapped uncached (see `scan`); `off` < 4096, aligned.
         Some(a) => unsafe { cpu::mmio_read32(a + u64::from(off & 0xffc)) },
-        None => conf1_read32(bdf, off),
+        None => legacy_read(bdf, off & 0xffc, 4),
     }
 }
 
@@ -91,10 +93,7 @@ pub fn read16(bdf: Bdf, off: u16) -> u16 {
     match ecam_address(bdf) {
         // SAFETY: as in `read32`.
         Some(a) => unsafe { cpu::mmio_read16(a + u64::from(off & 0xffe)) },
-        None => {
-            outl(CONF1_ADDRESS, conf1_address(bdf, off));
-            inw(CONF1_DATA + (off & 2))
-        }
+        None => legacy_read(bdf, off & 0xffe, 2) as u16,
     }
 }
 
@@ -102,10 +101,7 @@ pub fn read8(bdf: Bdf, off: u16) -> u8 {
     match ecam_address(bdf) {
         // SAFETY: as in `read32`.
         Some(a) => unsafe { cpu::mmio_read8(a + u64::from(off & 0xfff)) },
-        None => {
-            outl(CONF1_ADDRESS, conf1_address(bdf, off));
-            inb(CONF1_DATA + (off & 3))
-        }
+        None => legacy_read(bdf, off & 0xfff, 1) as u8,
     }
 }
 
@@ -114,10 +110,7 @@ pub fn write32(bdf: Bdf, off: u16, value: u32) {
         // SAFETY: as in `read32`. Config writes reprogram the device, not guest memory (bus
         // mastering is enabled only by drivers that own the memory they hand out).
         Some(a) => unsafe { cpu::mmio_write32(a + u64::from(off & 0xffc), value) },
-        None => {
-            outl(CONF1_ADDRESS, conf1_address(bdf, off));
-            outl(CONF1_DATA, value)
-        }
+        None => arch::pci::legacy_write(bdf, off & 0xffc, 4, value),
     }
 }
 
@@ -125,10 +118,7 @@ pub fn write16(bdf: Bdf, off: u16, value: u16) {
     match ecam_address(bdf) {
         // SAFETY: as in `write32`.
         Some(a) => unsafe { cpu::mmio_write16(a + u64::from(off & 0xffe), value) },
-        None => {
-            outl(CONF1_ADDRESS, conf1_address(bdf, off));
-            outw(CONF1_DATA + (off & 2), value)
-        }
+        None => arch::pci::legacy_write(bdf, off & 0xffe, 2, u32::from(value)),
     }
 }
 
@@ -180,8 +170,10 @@ impl Function {
 /// The functions of one scan.
 pub struct Bus {
     functions: [Option<Function>; MAX_FUNCTIONS],
-    /// The ECAM base used (None: conf1).
+    /// The ECAM base used (None: the legacy mechanism).
     pub ecam: Option<u64>,
+    /// Where the platform's description came from.
+    source: &'static str,
 }
 
 impl Bus {
@@ -334,17 +326,19 @@ impl Window {
 }
 
 /// Gives every BAR that reads 0 an address, then enables decode where the function has BARs.
-fn assign(bus: &mut Bus) -> Result<(), &'static str> {
-    let mut mem = Window::new(MEM32_WINDOW, bus, false);
-    let mut io = Window::new(IO_WINDOW, bus, true);
+fn assign(bus: &mut Bus, platform: &Platform) -> Result<(), &'static str> {
+    let mut mem = Window::new(platform.mem32, bus, false);
+    let mut io = platform.io.map(|w| Window::new(w, bus, true));
     for f in bus.functions.iter_mut().flatten() {
         let mut decode = 0;
         for bar in f.bars.iter_mut().flatten() {
+            if bar.kind == BarKind::Io && io.is_none() {
+                continue; // no I/O window on this platform: left alone, I/O decode stays off
+            }
             if bar.addr == 0 && bar.size.is_power_of_two() {
-                let window = if bar.kind == BarKind::Io {
-                    &mut io
-                } else {
-                    &mut mem
+                let window = match (&mut io, bar.kind) {
+                    (Some(io), BarKind::Io) => io,
+                    _ => &mut mem,
                 };
                 bar.addr = window
                     .take(bar.size)
@@ -370,16 +364,16 @@ fn assign(bus: &mut Bus) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Enumerates bus 0 (ECAM from the MCFG when there is one, else conf1) and assigns BARs.
-pub fn scan(rsdp_paddr: u64) -> Result<Bus, &'static str> {
-    let ecam = acpi::ecam_bus0(rsdp_paddr).unwrap_or(None);
-    if let Some(base) = ecam {
-        paging::map_uncached(base, ECAM_BUS_BYTES)?;
-    }
+/// Enumerates bus 0 (the platform's ECAM when it has one, else the legacy mechanism) and
+/// assigns BARs.
+pub fn scan(info: &arch::BootInfo) -> Result<Bus, &'static str> {
+    let platform = arch::pci::platform(info)?;
+    let ecam = platform.ecam;
     ECAM.store(ecam.unwrap_or(0), Ordering::Relaxed);
     let mut bus = Bus {
         functions: [None; MAX_FUNCTIONS],
         ecam,
+        source: "",
     };
     let mut n = 0;
     for dev in 0..32u8 {
@@ -400,14 +394,16 @@ pub fn scan(rsdp_paddr: u64) -> Result<Bus, &'static str> {
             if absent(id) {
                 continue;
             }
-            if ecam.is_some() {
-                let c = conf1_read32(bdf, REG_ID);
+            if let (Some(_), Some(c)) = (ecam, arch::pci::legacy_read(bdf, REG_ID, 4)) {
                 if c != id {
                     println!(
-                        "pci: {} id {:#010x} over ECAM, {:#010x} over conf1",
-                        bdf, id, c
+                        "pci: {} id {:#010x} over ECAM, {:#010x} over {}",
+                        bdf,
+                        id,
+                        c,
+                        arch::pci::LEGACY
                     );
-                    return Err("ECAM and conf1 disagree");
+                    return Err("ECAM and the legacy config mechanism disagree");
                 }
             }
             if n == MAX_FUNCTIONS {
@@ -417,7 +413,8 @@ pub fn scan(rsdp_paddr: u64) -> Result<Bus, &'static str> {
             n += 1;
         }
     }
-    assign(&mut bus)?;
+    assign(&mut bus, &platform)?;
+    bus.source = platform.source;
     Ok(bus)
 }
 
@@ -508,14 +505,27 @@ pub fn print_function(f: &Function) {
 }
 
 /// Scans bus 0 and prints every function (the `pci` command; `rng` starts with it too).
-pub fn list(rsdp_paddr: u64) -> Bus {
-    let bus = match scan(rsdp_paddr) {
+pub fn list(info: &arch::BootInfo) -> Bus {
+    let bus = match scan(info) {
         Ok(b) => b,
         Err(e) => crate::fail!("pci: {}", e),
     };
-    match bus.ecam {
-        Some(base) => println!("pci: config access ecam {:#x} (mcfg), conf1 agrees", base),
-        None => println!("pci: config access conf1 (no mcfg)"),
+    match (
+        bus.ecam,
+        arch::pci::legacy_read(Bdf { dev: 0, func: 0 }, REG_ID, 4),
+    ) {
+        (Some(base), Some(_)) => println!(
+            "pci: config access ecam {:#x} ({}), {} agrees",
+            base,
+            bus.source,
+            arch::pci::LEGACY
+        ),
+        (Some(base), None) => println!("pci: config access ecam {:#x} ({})", base, bus.source),
+        (None, _) => println!(
+            "pci: config access {} (no {})",
+            arch::pci::LEGACY,
+            bus.source
+        ),
     }
     for f in bus.functions() {
         print_function(f);

@@ -15,11 +15,10 @@
 //! (2 KiB each, the 12-byte `virtio_net_hdr_v1` first, then the frame), and every chain is one
 //! descriptor. A received frame spread over several buffers (MRG_RXBUF, `num_buffers` > 1:
 //! never with 2 KiB buffers and a 1500-byte MTU) is dropped, its buffers reposted.
+use crate::arch::{cpu, irq, paging, time};
 use crate::msix::Msix;
-use crate::paging;
 use crate::pci::{self, Bdf, Function};
 use crate::sync::Global;
-use crate::time;
 use crate::virtio::queue::{Buffer, QueueMemory, SplitQueue};
 use crate::virtio::{self, Transport};
 
@@ -199,18 +198,17 @@ impl NetDev {
             npairs = 1;
         }
 
-        let apic_id = crate::apic::id();
         msix.enable(f.bdf, true);
         let msix_used = if msix.table_size >= 3 {
-            msix.route(f, 0, apic_id, CONFIG_VECTOR)?;
+            msix.route(f, 0, CONFIG_VECTOR)?;
             for p in 0..npairs as u16 {
-                msix.route(f, 1 + 2 * p, apic_id, RX_VECTOR + 2 * p as u8)?;
-                msix.route(f, 2 + 2 * p, apic_id, TX_VECTOR + 2 * p as u8)?;
+                msix.route(f, 1 + 2 * p, RX_VECTOR + 2 * p as u8)?;
+                msix.route(f, 2 + 2 * p, TX_VECTOR + 2 * p as u8)?;
             }
             t.set_config_vector(0)?;
             1 + 2 * npairs as u16
         } else {
-            msix.route(f, 0, apic_id, RX_VECTOR)?;
+            msix.route(f, 0, RX_VECTOR)?;
             t.set_config_vector(virtio::NO_VECTOR)?;
             1
         };
@@ -547,19 +545,16 @@ impl NetDev {
     pub fn irqs() -> (u64, u64, u64) {
         let (mut rx, mut tx) = (0, 0);
         for p in 0..MAX_PAIRS as u8 {
-            rx += crate::idt::count(RX_VECTOR + 2 * p);
-            tx += crate::idt::count(TX_VECTOR + 2 * p);
+            rx += irq::count(RX_VECTOR + 2 * p);
+            tx += irq::count(TX_VECTOR + 2 * p);
         }
-        (rx, tx, crate::idt::count(CONFIG_VECTOR))
+        (rx, tx, irq::count(CONFIG_VECTOR))
     }
 
     /// Interrupts taken on pair `p`'s receive and transmit vectors so far.
     pub fn pair_irqs(p: usize) -> (u64, u64) {
         let p = p.min(MAX_PAIRS - 1) as u8;
-        (
-            crate::idt::count(RX_VECTOR + 2 * p),
-            crate::idt::count(TX_VECTOR + 2 * p),
-        )
+        (irq::count(RX_VECTOR + 2 * p), irq::count(TX_VECTOR + 2 * p))
     }
 }
 
@@ -617,6 +612,6 @@ fn set_pairs(
         if time::passed(end) {
             return Err("no answer to VQ_PAIRS_SET on the control queue");
         }
-        crate::cpu::pause();
+        cpu::pause();
     }
 }

@@ -7,12 +7,14 @@
 //! and a TSC deadline. Then the used ring is checked and the device reset.
 use core::fmt::Write;
 
+use crate::arch::irq::{self, TIMER_VECTOR};
+use crate::arch::{time, BootInfo};
 use crate::msix::Msix;
 use crate::pci::{self, Function};
+use crate::println;
 use crate::sync::Global;
 use crate::virtio::queue::{Buffer, QueueMemory, SplitQueue};
 use crate::virtio::{self, Transport};
-use crate::{apic, cpu, idt, println, time};
 
 /// PCI device ID of a modern virtio-rng.
 pub const DEVICE_ID: u16 = virtio::MODERN_DEVICE_BASE + 4;
@@ -21,10 +23,9 @@ const BUFFERS: usize = 4;
 const BUF_LEN: usize = 64;
 /// Ring size asked for (less if the device's maximum is smaller).
 const QUEUE_SIZE: u16 = 64;
-/// IDT vector of the queue's MSI-X message.
+/// Vector of the queue's MSI-X message.
 pub const RNG_VECTOR: u8 = 0x40;
-/// IDT vector and period of the wake-up timer.
-const TIMER_VECTOR: u8 = 0x30;
+/// Period of the wake-up timer (`irq::TIMER_VECTOR`).
 const TICK_US: u32 = 10_000;
 /// Timer ticks to wait at most (2 s), and the same bound on the TSC.
 const MAX_TICKS: u64 = 200;
@@ -36,8 +37,8 @@ static QUEUE: Global<QueueMemory> = Global::new(QueueMemory::new());
 static BUFS: Global<[[u8; BUF_LEN]; BUFFERS]> = Global::new([[0; BUF_LEN]; BUFFERS]);
 
 /// The `rng` command.
-pub fn run(rsdp_paddr: u64) {
-    let bus = pci::list(rsdp_paddr);
+pub fn run(info: &BootInfo) {
+    let bus = pci::list(info);
     let Some(f) = bus.find(virtio::VENDOR, DEVICE_ID) else {
         crate::fail!(
             "rng: no virtio-rng ({:04x}:{:04x}) on bus 0",
@@ -80,9 +81,8 @@ fn drive(f: &Function) -> Result<(), &'static str> {
     );
 
     // MSI-X on (function masked while the table is written), entry 0 → this CPU.
-    let apic_id = apic::id();
     msix.enable(f.bdf, true);
-    msix.route(f, 0, apic_id, RNG_VECTOR)?;
+    let msg = msix.route(f, 0, RNG_VECTOR)?;
     msix.enable(f.bdf, false);
     t.set_config_vector(virtio::NO_VECTOR)?;
 
@@ -97,11 +97,10 @@ fn drive(f: &Function) -> Result<(), &'static str> {
     let notify = t.setup_queue(0, &q, 0)?;
     t.driver_ok()?;
     println!(
-        "rng: queue 0 size {} (max {}), msi-x entry 0 -> apic {} vector {:#x} (control {:#06x}), notify {:#x}",
+        "rng: queue 0 size {} (max {}), msi-x entry 0 -> {} (control {:#06x}), notify {:#x}",
         size,
         max,
-        apic_id,
-        RNG_VECTOR,
+        msg,
         msix.control(f.bdf),
         notify
     );
@@ -125,17 +124,17 @@ fn drive(f: &Function) -> Result<(), &'static str> {
     }
     q.publish();
 
-    let irqs_before = idt::count(RNG_VECTOR);
-    let ticks_before = idt::count(TIMER_VECTOR);
+    let irqs_before = irq::count(RNG_VECTOR);
+    let ticks_before = irq::count(TIMER_VECTOR);
     let deadline = time::deadline_us(WAIT_US);
-    apic::timer_periodic(TIMER_VECTOR, TICK_US);
+    irq::timer_periodic(TICK_US);
     t.notify(notify, 0);
     let mut done = [None::<u32>; BUFFERS];
     let mut order = [0usize; BUFFERS];
     let mut returned = 0;
     let result = loop {
-        // IF=0 here: an interrupt arriving between these checks and `sti; hlt` stays pending
-        // and ends the halt at once (the STI shadow covers HLT). The device may have filled the
+        // Interrupts are off here: one arriving between these checks and the halt stays
+        // pending and ends the halt at once (see `irq::halt_until_interrupt`). The device may have filled the
         // ring before the first check (QEMU TCG completes during the notify write): the wait
         // goes on until the MSI-X interrupt has been taken too.
         match q.pop_used() {
@@ -156,22 +155,21 @@ fn drive(f: &Function) -> Result<(), &'static str> {
             Ok(None) => {}
             Err(e) => break Err(e),
         }
-        if returned == BUFFERS && idt::count(RNG_VECTOR) > irqs_before {
+        if returned == BUFFERS && irq::count(RNG_VECTOR) > irqs_before {
             break Ok(());
         }
-        if idt::count(TIMER_VECTOR) - ticks_before >= MAX_TICKS || time::passed(deadline) {
+        if irq::count(TIMER_VECTOR) - ticks_before >= MAX_TICKS || time::passed(deadline) {
             break Err(if returned == BUFFERS {
                 "used ring filled but no MSI-X interrupt arrived"
             } else {
                 "timed out waiting for the device"
             });
         }
-        cpu::sti_hlt();
-        cpu::cli();
+        irq::halt_until_interrupt();
     };
-    apic::timer_stop();
-    let irqs = idt::count(RNG_VECTOR) - irqs_before;
-    let ticks = idt::count(TIMER_VECTOR) - ticks_before;
+    irq::timer_stop();
+    let irqs = irq::count(RNG_VECTOR) - irqs_before;
+    let ticks = irq::count(TIMER_VECTOR) - ticks_before;
     if let Err(e) = result {
         println!(
             "rng: {} of {} buffers back, interrupts={}, timer ticks={}, device status {:#x}",

@@ -14,7 +14,7 @@
 use super::proto::Ip;
 use super::stack::{udp_frame, Dest};
 use super::{reinit, run_job, Net, NetCommand, Wait};
-use crate::cpu::rdtsc;
+use crate::arch::time::ticks;
 use crate::drivers::net::{NetDev, BUF_LEN, HDR_LEN};
 use crate::println;
 use crate::sync::Global;
@@ -217,7 +217,7 @@ pub fn case(net: &mut Net, peer: u32, k: usize) -> Result<Outcome, &'static str>
         net.dev.kick_tx_always();
         Some(head)
     };
-    let deadline = rdtsc() + net.ms(CASE_WAIT_MS);
+    let deadline = ticks() + net.ms(CASE_WAIT_MS);
     let outcome = loop {
         if net.poll(|_, _, _, _| Ok(())).is_err() {
             break if head.is_none() {
@@ -234,7 +234,7 @@ pub fn case(net: &mut Net, peer: u32, k: usize) -> Result<Outcome, &'static str>
         if net.dev.needs_reset() {
             break Outcome::NeedsReset;
         }
-        if rdtsc() >= deadline {
+        if ticks() >= deadline {
             break Outcome::Ignored;
         }
         net.idle(deadline);

@@ -6,6 +6,10 @@
 //! build packets, poll the used rings, compute checksums and kick the device (an MMIO write)
 //! run natively there; CPL0 only takes the interrupts, prints the task's log and halts when the
 //! task waits with `wait=halt`. See `docs/builtin-guest.md` for the commands and their output.
+//!
+//! The x86 words in this module and its children stand for both arches: CPL0 and CPL3 are the
+//! privileged and the unprivileged level (EL1 and EL0 on aarch64), "the TSC" is the arch's clock
+//! (`arch::time::ticks`: the TSC, or the generic timer's virtual counter).
 mod hostile;
 pub mod proto;
 mod stack;
@@ -14,12 +18,12 @@ mod work;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use crate::arch::{time, user, BootInfo};
 use crate::cmdline::ParseError;
 use crate::drivers::net::{self as dev, NetDev};
 use crate::pci::{self, Function};
-use crate::pvh::BootInfo;
 use crate::sync::Global;
-use crate::{println, time, user, virtio};
+use crate::{println, virtio};
 use proto::{Ip, MacFmt};
 use stack::Stack;
 
@@ -336,7 +340,7 @@ fn up(info: &BootInfo) -> &'static mut Net {
         // SAFETY: initialised (UP).
         return unsafe { net.assume_init_mut() };
     }
-    let bus = match pci::scan(info.rsdp_paddr) {
+    let bus = match pci::scan(info) {
         Ok(b) => b,
         Err(e) => crate::fail!("net: pci: {}", e),
     };
@@ -371,7 +375,7 @@ fn up(info: &BootInfo) -> &'static mut Net {
         dev: d,
         stack,
         func,
-        khz: time::tsc_khz().0,
+        khz: time::ticks_khz().0,
         wait: Wait::Irq,
         halts: 0,
         irq_seen: 0,
@@ -460,7 +464,7 @@ fn print_info(net: &Net) {
     }
     let (rx_irqs, tx_irqs, cfg_irqs) = NetDev::irqs();
     println!(
-        "net: info bdf={} mac={} ip={}/{} offered={:#x} accepted={:#x} features={} queue_pairs={} max_queue_pairs={} rx_size={} tx_size={} rx_max={} tx_max={} msix_table={} msix_used={} vectors=config:{:#x},rx:{:#x},tx:{:#x} link={} tsc_khz={} tsc_source={} irqs=rx:{},tx:{},config:{}",
+        "net: info bdf={} mac={} ip={}/{} offered={:#x} accepted={:#x} features={} queue_pairs={} max_queue_pairs={} rx_size={} tx_size={} rx_max={} tx_max={} msix_table={} msix_used={} vectors=config:{:#x},rx:{:#x},tx:{:#x} link={} {}_khz={} {}_source={} irqs=rx:{},tx:{},config:{}",
         d.bdf,
         MacFmt(d.mac),
         Ip(net.stack.ip),
@@ -484,8 +488,10 @@ fn print_info(net: &Net) {
             Some(_) => "down",
             None => "unknown",
         },
+        time::COUNTER,
         net.khz,
-        time::tsc_source(),
+        time::COUNTER,
+        time::source(),
         rx_irqs,
         tx_irqs,
         cfg_irqs

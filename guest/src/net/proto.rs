@@ -377,7 +377,7 @@ pub fn test_body_crc(seq: u32, len: usize) -> u32 {
         *b = v;
         v = v.wrapping_add(1);
     }
-    crate::user::crc32(&body[..len.saturating_sub(TEST_HDR)])
+    crate::crc32::crc32(&body[..len.saturating_sub(TEST_HDR)])
 }
 
 /// Checks a received test payload: Some(seq) when magic, length and CRC agree.
@@ -385,5 +385,5 @@ pub fn check_test_payload(p: &[u8]) -> Option<u32> {
     if p.len() < TEST_HDR || &p[0..4] != TEST_MAGIC || be32(p, 8) as usize != p.len() {
         return None;
     }
-    (crate::user::crc32(&p[TEST_HDR..]) == be32(p, 12)).then(|| be32(p, 4))
+    (crate::crc32::crc32(&p[TEST_HDR..]) == be32(p, 12)).then(|| be32(p, 4))
 }

@@ -4,8 +4,8 @@ use core::sync::atomic::Ordering;
 
 use super::proto::{self, Bad, Mac};
 use super::{Net, Wait};
+use crate::arch::{cpu, irq, time, user};
 use crate::drivers::net::{NetDev, MAX_FRAME};
-use crate::{cpu, idt, user};
 
 const ARP_ENTRIES: usize = 8;
 /// ARP requests sent for one address before giving up, and the wait for each.
@@ -330,7 +330,7 @@ impl Net {
         let mut n = 0;
         let mut progress = false;
         if self.wait == Wait::Intr {
-            let irqs = idt::INTERRUPTS.load(Ordering::Relaxed);
+            let irqs = irq::INTERRUPTS.load(Ordering::Relaxed);
             if irqs == self.irq_seen && !self.recheck {
                 self.dev.kick_tx();
                 return Ok(0);
@@ -339,7 +339,7 @@ impl Net {
             self.recheck = false;
         }
         if self.dev.rx_pending() {
-            let seen = cpu::rdtsc();
+            let seen = time::ticks();
             let tx_pair = self.dev.tx_pair;
             while let Some((pair, id, frame)) = self.dev.rx_next()? {
                 n += 1;
@@ -378,7 +378,7 @@ impl Net {
             cpu::pause();
             return;
         }
-        let seen = idt::INTERRUPTS.load(Ordering::Relaxed);
+        let seen = irq::INTERRUPTS.load(Ordering::Relaxed);
         self.dev.interrupts(true);
         if !self.dev.pending() {
             user::wait(deadline, seen);
@@ -405,8 +405,8 @@ impl Net {
                 self.stack.counters.tx_dropped += 1;
             }
             self.dev.kick_tx();
-            let deadline = cpu::rdtsc() + self.ms(ARP_RETRY_MS);
-            while cpu::rdtsc() < deadline {
+            let deadline = time::ticks() + self.ms(ARP_RETRY_MS);
+            while time::ticks() < deadline {
                 self.poll(|_, _, _, _| Ok(()))?;
                 if self.stack.lookup(ip).is_some() {
                     break;

@@ -4,10 +4,11 @@
 use super::proto::{self, Ip, MacFmt};
 use super::stack::{echo_frame, send, udp_frame, Dest, Event, PING_ID};
 use super::{hostile, Job, Net, NetCommand, Wait, MAX_PING_COUNT};
-use crate::cpu::rdtsc;
+use crate::arch::time::ticks;
+use crate::arch::{cpu, irq, user};
 use crate::drivers::net::{NetDev, MAX_PAIRS};
 use crate::sync::Global;
-use crate::{cpu, idt, ulog, user};
+use crate::ulog;
 use core::sync::atomic::Ordering;
 
 /// Round-trip times of one `net.ping`, in tenths of a microsecond.
@@ -148,7 +149,7 @@ impl core::fmt::Display for Tenths {
 
 /// Polls until `deadline`, the stack answering what comes (ARP, pings) meanwhile.
 fn pass_time(net: &mut Net, deadline: u64) -> Result<(), &'static str> {
-    while rdtsc() < deadline {
+    while ticks() < deadline {
         if net.poll(|_, _, _, _| Ok(()))? == 0 {
             net.idle(deadline);
         }
@@ -158,9 +159,9 @@ fn pass_time(net: &mut Net, deadline: u64) -> Result<(), &'static str> {
 
 /// Waits (bounded) until the device has taken back every frame sent.
 fn drain_tx(net: &mut Net) -> Result<(), &'static str> {
-    let deadline = rdtsc() + net.ms(DRAIN_MS);
+    let deadline = ticks() + net.ms(DRAIN_MS);
     net.dev.kick_tx();
-    while net.dev.tx_outstanding() != 0 && rdtsc() < deadline {
+    while net.dev.tx_outstanding() != 0 && ticks() < deadline {
         if net.poll(|_, _, _, _| Ok(()))? == 0 && !net.dev.tx_pending() {
             net.idle(deadline);
         }
@@ -202,7 +203,7 @@ fn ping(
         }
         let expect = &data[..size];
         let timeout = net.ms(u64::from(timeout_ms));
-        let mut deadline = rdtsc() + timeout;
+        let mut deadline = ticks() + timeout;
         while !send(&mut net.dev, |b| {
             echo_frame(
                 b,
@@ -215,13 +216,13 @@ fn ping(
             )
         })? {
             // Every transmit buffer is out (a device that stopped returning them).
-            if rdtsc() >= deadline {
+            if ticks() >= deadline {
                 return Err("ping: no free transmit buffer");
             }
             net.poll(|_, _, _, _| Ok(()))?;
             net.idle(deadline);
         }
-        let t0 = rdtsc();
+        let t0 = ticks();
         net.dev.kick_tx();
         deadline = t0 + timeout;
         let mut got = None;
@@ -240,7 +241,7 @@ fn ping(
                 }
                 Ok(())
             })?;
-            if got.is_some() || rdtsc() >= deadline {
+            if got.is_some() || ticks() >= deadline {
                 break;
             }
             net.idle(deadline);
@@ -321,14 +322,14 @@ fn udp_tx(
     } else {
         0
     };
-    let start = rdtsc();
+    let start = ticks();
     let end = start + net.ms(u64::from(seconds) * 1000);
     let mut next = start;
     let mut seq = 0u32;
     let mut queued = 0;
     let mut full = false;
     loop {
-        let t = rdtsc();
+        let t = ticks();
         if t >= end || (count > 0 && seq >= count) {
             break;
         }
@@ -377,7 +378,7 @@ fn udp_tx(
             queued = 0;
         }
     }
-    let sending = rdtsc() - start;
+    let sending = ticks() - start;
     drain_tx(net)?;
     let achieved = u64::from(seq) * net.ms(1000) / sending.max(1);
     ulog!(
@@ -423,11 +424,11 @@ fn stall_rx(net: &mut Net, until: u64) -> Result<(), &'static str> {
     net.dev.interrupts(false);
     loop {
         net.dev.tx_reclaim()?;
-        if rdtsc() >= until {
+        if ticks() >= until {
             break;
         }
         if net.wait == Wait::Halt {
-            let seen = idt::INTERRUPTS.load(Ordering::Relaxed);
+            let seen = irq::INTERRUPTS.load(Ordering::Relaxed);
             user::wait(until, seen);
             net.halts += 1;
         } else {
@@ -456,13 +457,13 @@ fn udp_rx(
     let irqs = Irqs(NetDev::irqs());
     let by_pair = ByPair::start(net.dev.npairs, net.dev.stats.rx_by_pair);
     let (halts0, csum0) = (net.halts, net.stack.counters.bad_udp_csum);
-    let end = rdtsc() + net.ms(u64::from(seconds) * 1000);
+    let end = ticks() + net.ms(u64::from(seconds) * 1000);
     let mut c = RxCount::default();
     // With `stall`: how long it lasted (TSC ticks), once it happened.
     let mut stalled: Option<u64> = None;
     let mut after_stall = 0u64;
-    while rdtsc() < end {
-        let now = rdtsc();
+    while ticks() < end {
+        let now = ticks();
         if stall_ms > 0
             && stalled.is_none()
             && c.first != 0
@@ -470,7 +471,7 @@ fn udp_rx(
         {
             let until = (now + net.ms(u64::from(stall_ms))).min(end);
             stall_rx(net, until)?;
-            stalled = Some(rdtsc() - now);
+            stalled = Some(ticks() - now);
         }
         let counting = stalled.is_some();
         let n = net.poll(|_, _, ev, seen| {
@@ -551,7 +552,7 @@ fn echo(net: &mut Net, seconds: u32) -> Result<(), &'static str> {
     user::flush();
     let irqs = Irqs(NetDev::irqs());
     let (icmp0, halts0) = (net.stack.counters.icmp_answered, net.halts);
-    let start = rdtsc();
+    let start = ticks();
     let end = if seconds == 0 {
         u64::MAX
     } else {
@@ -559,7 +560,7 @@ fn echo(net: &mut Net, seconds: u32) -> Result<(), &'static str> {
     };
     let (mut udp, mut dropped) = (0u64, 0u64);
     loop {
-        let t = rdtsc();
+        let t = ticks();
         if t >= end {
             break;
         }

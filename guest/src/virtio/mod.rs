@@ -5,11 +5,9 @@
 //! (low first), which the spec allows and every device must take.
 pub mod queue;
 
-use crate::cpu;
-use crate::paging;
+use crate::arch::{cpu, paging, time};
 use crate::pci::{self, Bdf, Function};
 use crate::println;
-use crate::time;
 
 pub const VENDOR: u16 = 0x1af4;
 /// Modern device IDs are 0x1040 + the virtio device type.
@@ -382,8 +380,10 @@ impl Transport {
 
     /// Kicks queue `index` at `notify` (from [`Transport::setup_queue`]).
     pub fn notify(&self, notify: u64, index: u16) {
-        // Ring writes (WB memory) are ordered before this UC store on x86; the fence keeps the
-        // compiler from sinking them past it.
+        // Ring writes (WB memory) must reach the device before this notify: on x86 stores to WB
+        // memory are ordered before this UC store and the fence only keeps the compiler from
+        // sinking them past it; on aarch64 it is a `dmb ish`, and the arch's MMIO write adds the
+        // barrier that orders normal memory before device memory.
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         // SAFETY: `notify` is inside the notify structure (checked in `setup_queue`), mapped
         // uncached; the write only tells the device to look at the queue.

@@ -2,10 +2,9 @@
 //!
 //! Debug-exit: PIO 0xf4, 0 = pass, anything else = fail. Test device: the same registers in a
 //! PIO window at 0x510 and in an MMIO page at 0xf000_0000 (CPL3 code must use the MMIO page).
-use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::cpu::{self, inl, outl};
+use super::cpu::{self, inl, outl};
 
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const PIO_BASE: u16 = 0x510;
@@ -63,30 +62,4 @@ pub fn exit(code: u32) -> ! {
     outl(DEBUG_EXIT_PORT, code);
     outl(PIO_BASE + EXIT, code);
     cpu::halt_forever()
-}
-
-/// Prints the PASS line and exits with 0.
-pub fn pass() -> ! {
-    crate::println!("trapvisor-guest: PASS");
-    exit(0)
-}
-
-/// Prints `trapvisor-guest: FAIL: <reason>` and exits with 1.
-pub fn fail(reason: fmt::Arguments) -> ! {
-    crate::println!("trapvisor-guest: FAIL: {}", reason);
-    exit(1)
-}
-
-/// [`fail`] for the fatal path: prints without taking the serial lock.
-pub fn fail_unlocked(reason: fmt::Arguments) -> ! {
-    crate::serial::print_line_unlocked(format_args!("trapvisor-guest: FAIL: {}", reason));
-    exit(1)
-}
-
-/// `fail!("...", args)`: FAIL with a formatted reason.
-#[macro_export]
-macro_rules! fail {
-    ($($arg:tt)*) => {
-        $crate::testdev::fail(format_args!($($arg)*))
-    };
 }

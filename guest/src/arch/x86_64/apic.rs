@@ -1,7 +1,7 @@
 //! The local APIC: x2APIC through MSRs when CPUID offers it, xAPIC MMIO otherwise.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::cpu::{self, cpuid};
+use super::cpu::{self, cpuid};
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
@@ -88,7 +88,7 @@ pub fn init_bsp() {
     write(REG_LVT_PERF, LVT_MASKED);
     write(REG_LVT_LINT0, LVT_MASKED);
     write(REG_LVT_ERROR, LVT_MASKED);
-    write(REG_SVR, SVR_ENABLE | u32::from(crate::idt::SPURIOUS_VECTOR));
+    write(REG_SVR, SVR_ENABLE | u32::from(super::idt::SPURIOUS_VECTOR));
 }
 
 /// This CPU's APIC ID (from the APIC).

@@ -5,7 +5,7 @@
 //! bytes: THRE set means the whole transmit FIFO is empty. Without a FIFO, once per byte.
 use core::fmt::{self, Write};
 
-use crate::cpu::{inb, outb};
+use super::cpu::{inb, outb};
 use crate::sync::SpinLock;
 
 const COM1: u16 = 0x3f8;
@@ -96,12 +96,4 @@ pub fn print_line_unlocked(args: fmt::Arguments) {
     let com = unsafe { SERIAL.steal() };
     let _ = com.write_fmt(args);
     com.put(b'\n');
-}
-
-/// `println!` to COM1, one line at a time.
-#[macro_export]
-macro_rules! println {
-    ($($arg:tt)*) => {
-        $crate::serial::print_line(format_args!($($arg)*))
-    };
 }

@@ -13,9 +13,11 @@
 //! PVM's emulated `iretq`, the user code talks to the test device only through its MMIO page.
 use core::arch::asm;
 
-use crate::boot::{self, USER_CS, USER_DS};
+use super::boot::{self, USER_CS, USER_DS};
+use super::{cpu, testdev};
+use crate::crc32::crc32;
+use crate::println;
 use crate::sync::Global;
-use crate::{cpu, println, testdev};
 
 core::arch::global_asm!(
     r#"
@@ -172,33 +174,6 @@ static TASK: Global<UserTask> = Global::new(UserTask {
 /// Filled by the user code before anything reads it, so not zeroed at boot (`.noinit`).
 #[link_section = ".noinit.user"]
 static BUF: Global<[u8; BUF_LEN]> = Global::new([0; BUF_LEN]);
-
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-/// CRC-32 (IEEE), table-driven (zlib's `crc32`).
-pub fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, &b| {
-        CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
-}
 
 /// Primes below `n` (trial division: real work, cheap at native speed).
 fn count_primes(n: u32) -> u32 {
@@ -372,14 +347,6 @@ pub fn log_line(args: core::fmt::Arguments) {
     }
 }
 
-/// `ulog!("...", args)`: one line of output from CPL3 code (see [`LOG`]).
-#[macro_export]
-macro_rules! ulog {
-    ($($arg:tt)*) => {
-        $crate::user::log_line(format_args!($($arg)*))
-    };
-}
-
 /// Makes call `number` into CPL0 from CPL3 (see [`run_task`]); returns CPL0's answer.
 #[inline(never)]
 pub fn call(number: u64, a0: u64, a1: u64) -> u64 {
@@ -417,7 +384,7 @@ pub fn wait(deadline: u64, seen: u64) {
 }
 
 /// Whether the CPU runs at CPL3 now.
-pub fn at_cpl3() -> bool {
+pub fn in_user() -> bool {
     let cs: u16;
     // SAFETY: reading CS has no effect.
     unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
@@ -425,7 +392,7 @@ pub fn at_cpl3() -> bool {
 }
 
 /// The panic handler's path at CPL3: the message into the log, then [`SYS_PANIC`].
-pub fn panic_at_cpl3(info: &core::panic::PanicInfo) -> ! {
+pub fn panic_in_user(info: &core::panic::PanicInfo) -> ! {
     log_line(format_args!("trapvisor-guest: panic at CPL3: {}", info));
     call(SYS_PANIC, 0, 0);
     unreachable!("a task was resumed after it panicked")
@@ -437,7 +404,7 @@ fn print_log() {
     let log = unsafe { &mut *LOG.get() };
     for line in log.buf[..log.len].split(|&b| b == b'\n') {
         if !line.is_empty() {
-            crate::serial::print_bytes_line(line);
+            super::serial::print_bytes_line(line);
         }
     }
     log.len = 0;
@@ -446,19 +413,19 @@ fn print_log() {
 /// The CPL0 side of [`SYS_WAIT`]; interrupts are off here (the `int3` gate cleared IF).
 fn sys_wait(deadline: u64, seen: u64) {
     use core::sync::atomic::Ordering;
-    if crate::idt::INTERRUPTS.load(Ordering::Relaxed) != seen {
+    if super::idt::INTERRUPTS.load(Ordering::Relaxed) != seen {
         return;
     }
     let now = cpu::rdtsc();
     if deadline <= now {
         return;
     }
-    let khz = crate::time::tsc_khz().0.max(1);
+    let khz = super::time::tsc_khz().0.max(1);
     let us = ((deadline - now).saturating_mul(1000) / khz).clamp(1, MAX_WAIT_US);
-    crate::apic::timer_oneshot(WAKE_VECTOR, us as u32);
+    super::apic::timer_oneshot(WAKE_VECTOR, us as u32);
     cpu::sti_hlt();
     cpu::cli();
-    crate::apic::timer_stop();
+    super::apic::timer_stop();
 }
 
 /// Runs `entry(arg)` at CPL3 on the user stack until it calls [`SYS_EXIT`], handling its calls;

@@ -1,11 +1,11 @@
-//! Delays on the TSC.
+//! Time on the TSC: [`ticks`] (the arch-neutral code's clock), its rate, and delays.
 //!
 //! The TSC rate comes from CPUID (leaf 0x15, the hypervisor leaf 0x40000010, or leaf 0x16). If
 //! none tells, 4 GHz is assumed, so waits are at least as long as asked on any TSC up to that,
 //! until [`calibrate`] measures it against the local APIC timer.
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use crate::cpu::{self, cpuid};
+use super::cpu::{self, cpuid};
 
 const FALLBACK_KHZ: u64 = 4_000_000;
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
@@ -16,6 +16,25 @@ const SOURCE_ASSUMED: u8 = 2;
 const SOURCE_APIC: u8 = 3;
 /// Local APIC timer counts one [`calibrate`] measurement spans (5 ms at 16 ns a count).
 const CALIBRATION_COUNTS: u32 = 312_500;
+
+/// The name of the clock [`ticks`] reads (printed as `tsc_khz=` and `tsc_source=`).
+pub const COUNTER: &str = "tsc";
+
+/// The clock: the TSC.
+#[inline(always)]
+pub fn ticks() -> u64 {
+    cpu::rdtsc()
+}
+
+/// Ticks per millisecond, and whether that rate is known (else assumed).
+pub fn ticks_khz() -> (u64, bool) {
+    tsc_khz()
+}
+
+/// Where the rate came from (see [`tsc_source`]).
+pub fn source() -> &'static str {
+    tsc_source()
+}
 
 /// The TSC rate in kHz, and whether CPUID told it.
 pub fn tsc_khz() -> (u64, bool) {
@@ -75,7 +94,7 @@ fn measure() -> u64 {
         let mut best = (u64::MAX, 0, 0);
         for _ in 0..3 {
             let a = cpu::rdtsc();
-            let c = crate::apic::timer_count();
+            let c = super::apic::timer_count();
             let b = cpu::rdtsc();
             if b.wrapping_sub(a) < best.0 {
                 best = (b.wrapping_sub(a), a / 2 + b / 2, c);
@@ -83,7 +102,7 @@ fn measure() -> u64 {
         }
         (best.1, best.2)
     };
-    crate::apic::timer_start_masked(u32::MAX);
+    super::apic::timer_start_masked(u32::MAX);
     let (t0, c0) = sample();
     // Bounded by the TSC too, in case the timer does not count (4e9 ticks: 1 s at 4 GHz).
     let give_up = t0.saturating_add(4_000_000_000);
@@ -94,12 +113,12 @@ fn measure() -> u64 {
         }
         cpu::pause();
     };
-    crate::apic::timer_stop();
+    super::apic::timer_stop();
     let counts = u64::from(c0.wrapping_sub(c1));
     if counts < u64::from(CALIBRATION_COUNTS) / 2 || t1 <= t0 {
         return 0;
     }
-    (t1 - t0) * 1_000_000 / (counts * crate::apic::TIMER_COUNT_NS)
+    (t1 - t0) * 1_000_000 / (counts * super::apic::TIMER_COUNT_NS)
 }
 
 fn detect() -> Option<u64> {

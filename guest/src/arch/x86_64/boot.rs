@@ -201,11 +201,3 @@ extern "C" {
     /// `MAX_CPUS` stacks of `AP_STACK_SIZE` bytes, indexed by cpu number.
     pub static ap_stacks: u8;
 }
-
-/// The address of an assembly symbol.
-#[macro_export]
-macro_rules! sym_addr {
-    ($sym:path) => {
-        core::ptr::addr_of!($sym) as u64
-    };
-}

@@ -12,8 +12,8 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::cpu::{self, DescriptorTablePointer};
-use crate::{apic, boot, testdev};
+use super::cpu::{self, DescriptorTablePointer};
+use super::{apic, boot, testdev};
 
 /// Where `link.ld` puts the stubs (the image's first bytes).
 const ISR_BASE: u64 = 0x10_0000;
@@ -207,7 +207,7 @@ pub fn init() {
     let base = crate::sym_addr!(isr_stubs);
     let end = crate::sym_addr!(isr_stubs_end);
     if base != ISR_BASE || end - base != 256 * STUB_STRIDE {
-        testdev::fail(format_args!(
+        crate::report::fail(format_args!(
             "interrupt stubs at {:#x}..{:#x}, expected {:#x}..+4096",
             base, end, ISR_BASE
         ));
@@ -296,7 +296,7 @@ fn fatal(frame: &Frame, vector: u8) -> ! {
         .copied()
         .unwrap_or("unexpected vector");
     let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
-    testdev::fail_unlocked(format_args!(
+    crate::report::fail_unlocked(format_args!(
         "exception {} at RIP {:#x} ({}, error code {:#x}, CPL {}, RSP {:#x}, CR2 {:#x})",
         vector,
         frame.rip,

@@ -10,8 +10,9 @@
 //! the trampoline's data, then prints, counts itself in [`ONLINE`] and parks with `cli; hlt`.
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::boot::{self, AP_STACK_SIZE, MAX_CPUS};
-use crate::{acpi, apic, cpu, idt, println, sym_addr, time};
+use super::boot::{self, AP_STACK_SIZE, MAX_CPUS};
+use super::{acpi, apic, cpu, idt, time};
+use crate::{println, sym_addr};
 
 /// Physical address the trampoline runs at (below 1 MiB, page-aligned; clear of what trapvisor
 /// puts in low memory: start info 0x6000, zero page 0x7000, boot page tables 0x9000).
@@ -178,8 +179,8 @@ fn start_ap(cpu_index: usize, apic_id: u32) -> Result<(), &'static str> {
 }
 
 /// The `smp` command.
-pub fn run(rsdp_paddr: u64) {
-    let cpus = match acpi::cpus(rsdp_paddr) {
+pub fn run(info: &super::BootInfo) {
+    let cpus = match acpi::cpus(info.rsdp_paddr) {
         Ok(c) => c,
         Err(e) => crate::fail!("smp: {}", e),
     };

@@ -1,5 +1,5 @@
 //! Just enough ACPI to count CPUs and find PCI's ECAM: RSDP → XSDT (or RSDT) → MADT, MCFG.
-use crate::boot::MAX_CPUS;
+use super::boot::MAX_CPUS;
 
 const LOW_4G: u64 = 0x1_0000_0000;
 const SDT_HEADER_LEN: usize = 36;

@@ -3,8 +3,8 @@
 //! 4 GiB (64-bit BARs a VMM placed there).
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::boot;
-use crate::cpu;
+use super::boot;
+use super::cpu;
 use crate::sync::Global;
 
 const PAGE_2M: u64 = 2 << 20;

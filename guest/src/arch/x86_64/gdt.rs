@@ -1,7 +1,7 @@
 //! The TSS (RSP0 for interrupts from CPL3, IST1 for double faults) and its GDT descriptor.
 use core::arch::asm;
 
-use crate::boot::{self, TSS_GDT_INDEX, TSS_SELECTOR};
+use super::boot::{self, TSS_GDT_INDEX, TSS_SELECTOR};
 use crate::sym_addr;
 use crate::sync::Global;
 
