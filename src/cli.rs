@@ -69,9 +69,13 @@ pub struct RunArgs {
     /// Write a Perfetto / Chrome trace-event timeline (JSON) of the run to this file.
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Serve the control API (HTTP/1.1 + JSON) on this unix socket.
+    /// Serve the control API (HTTP/1.1 + JSON) on this unix socket (mode 0600 whatever the
+    /// umask: only its owner and root may connect).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    /// Let this group (a name or a numeric gid) use the API socket too: mode 0660.
+    #[arg(long, value_name = "GROUP", requires = "api_socket", value_parser = crate::api::socket::parse_group)]
+    pub api_socket_group: Option<libc::gid_t>,
     /// Print the exit statistics (counts and handling latency by reason, device and region)
     /// on stderr when the VM stops.
     #[arg(long)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use trapvisor::api::{client, ApiServer};
+use trapvisor::api::{client, ApiServer, SocketAccess};
 use trapvisor::cli::{Cli, Command, CtlAction, CtlArgs, RunArgs};
 use trapvisor::kvm::exit::StopReason;
 use trapvisor::seccomp::SeccompMode;
@@ -102,6 +102,8 @@ fn run(args: RunArgs) -> ExitCode {
                 path,
                 std::sync::Arc::new(vmm.api_view(config_json)),
                 args.seccomp,
+                args.api_socket_group
+                    .map_or(SocketAccess::Owner, SocketAccess::Group),
             ) {
                 Ok(server) => Some(server),
                 Err(e) => return fail(EXIT_USAGE, &e.into()),

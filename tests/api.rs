@@ -111,6 +111,58 @@ fn pause_stops_exits_and_resume_continues() {
 }
 
 #[test]
+fn socket_is_owner_only_under_umask_000_and_a_group_option_widens_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    for (group, mode) in [(None, 0o600), (Some("0"), 0o660)] {
+        let sock = socket(if group.is_some() {
+            "umask-group"
+        } else {
+            "umask"
+        });
+        let mut cmd = common::trapvisor();
+        cmd.args(["run", "--api-socket"]).arg(&sock);
+        if let Some(g) = group {
+            cmd.args(["--api-socket-group", g]);
+        }
+        cmd.args(["--cmdline", "idle"]);
+        // SAFETY: umask(2) is async-signal-safe and only changes the child's mask.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let meta = std::fs::metadata(&sock).expect("no API socket");
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{group:?}");
+        if group.is_some() {
+            assert_eq!(meta.gid(), 0);
+        }
+        // Still usable by its owner.
+        assert!(request(&sock, "GET", "/vm").is_ok());
+        request(&sock, "PUT", "/vm/shutdown").unwrap();
+        let out = common::wait(child, Duration::from_secs(30));
+        assert_eq!(out.code, Some(0), "{}", out.dump());
+        assert!(!sock.exists(), "socket left behind");
+    }
+    let out = common::run(&["run", "--api-socket-group", "0"]);
+    common::assert_usage_error(&out, "required");
+    let out = common::run(&[
+        "run",
+        "--api-socket",
+        "/tmp/x.sock",
+        "--api-socket-group",
+        "no-such-group-here",
+    ]);
+    common::assert_usage_error(&out, "no group");
+}
+
+#[test]
 fn existing_socket_path_is_a_one_line_error() {
     let sock = socket("exists");
     std::fs::write(&sock, b"").unwrap();

@@ -11,6 +11,7 @@
 //! [`MAX_BODY`] 413; tiny_http answers malformed requests with 400. `docs/api.yaml` is the
 //! OpenAPI description.
 pub mod client;
+pub mod socket;
 pub mod view;
 
 use std::io::Read;
@@ -22,6 +23,7 @@ use std::thread::JoinHandle;
 use serde_json::{json, Value};
 
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+pub use socket::SocketAccess;
 
 /// Request bodies larger than this are refused (no route takes a body).
 pub const MAX_BODY: usize = 4096;
@@ -102,17 +104,19 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Listens on `path` and serves from an "api" thread confined by the API seccomp filter
-    /// (tiny_http's own threads are created from it and inherit the filter).
+    /// Listens on `path` (mode 0600 whatever the umask, or 0660 for `access`'s group) and
+    /// serves from an "api" thread confined by the API seccomp filter (tiny_http's own threads
+    /// are created from it and inherit the filter).
     pub fn start(
         path: &Path,
         vm: Arc<dyn VmApi>,
         seccomp: SeccompMode,
+        access: SocketAccess,
     ) -> Result<ApiServer, ApiError> {
         if path.symlink_metadata().is_ok() {
             return Err(ApiError::Exists(path.to_path_buf()));
         }
-        let listener = UnixListener::bind(path).map_err(|e| ApiError::Listen {
+        let listener: UnixListener = socket::bind(path, access).map_err(|e| ApiError::Listen {
             path: path.to_path_buf(),
             err: e.to_string(),
         })?;

@@ -79,7 +79,8 @@ fn raw(path: &Path, request: &[u8]) -> String {
 fn server_answers_over_the_socket_and_survives_bad_clients() {
     let path = socket_path("serve");
     let vm = Arc::new(FakeVm::default());
-    let server = ApiServer::start(&path, vm.clone(), SeccompMode::Off).unwrap();
+    let server =
+        ApiServer::start(&path, vm.clone(), SeccompMode::Off, SocketAccess::Owner).unwrap();
 
     // A client that connects and never sends must not block the others.
     let silent = UnixStream::connect(&path).unwrap();
@@ -129,13 +130,20 @@ fn server_answers_over_the_socket_and_survives_bad_clients() {
 fn existing_or_unwritable_socket_paths_are_refused() {
     let path = socket_path("exists");
     std::fs::write(&path, b"").unwrap();
-    let err = ApiServer::start(&path, Arc::new(FakeVm::default()), SeccompMode::Off).unwrap_err();
+    let err = ApiServer::start(
+        &path,
+        Arc::new(FakeVm::default()),
+        SeccompMode::Off,
+        SocketAccess::Owner,
+    )
+    .unwrap_err();
     assert!(matches!(err, ApiError::Exists(_)), "{err}");
     std::fs::remove_file(&path).unwrap();
     let err = ApiServer::start(
         Path::new("/nonexistent-dir/api.sock"),
         Arc::new(FakeVm::default()),
         SeccompMode::Off,
+        SocketAccess::Owner,
     )
     .unwrap_err();
     assert!(matches!(err, ApiError::Listen { .. }), "{err}");
