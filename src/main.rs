@@ -189,10 +189,15 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlAction::Top { count } => {
             let mut n = 0;
+            let mut prev: Option<serde_json::Value> = None;
             loop {
                 let stats = client::request(socket, "GET", "/stats")?;
                 // Clear the screen and go home, then draw the table.
-                print!("\x1b[2J\x1b[H{}", client::format_stats(&stats));
+                print!(
+                    "\x1b[2J\x1b[H{}",
+                    client::format_stats_since(&stats, prev.as_ref())
+                );
+                prev = Some(stats);
                 n += 1;
                 if count != 0 && n >= count {
                     break;

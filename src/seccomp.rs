@@ -151,6 +151,7 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_sendto,
             libc::SYS_rt_sigaction,
             libc::SYS_wait4,
+            libc::SYS_pread64, // KVM's statistics fds (--stats)
         ],
     };
     let mut v: Vec<libc::c_long> = COMMON.iter().chain(extra).copied().collect();

@@ -17,6 +17,7 @@ use crate::net::{Net, NetConfig, NetError, NetHandle};
 use crate::pci::platform::{PciPlatform, PlatformError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
+use crate::trace::kstats::KernelStats;
 use crate::trace::timeline::Timeline;
 use crate::virtio::rng::{Rng, RngConfig};
 
@@ -127,6 +128,8 @@ pub struct Vmm {
     exit_stats: Vec<Arc<Mutex<ExitStats>>>,
     /// The `--trace` timeline, when tracing.
     timeline: Option<Arc<Timeline>>,
+    /// KVM's own statistics of the VM and each vCPU.
+    kernel_stats: Arc<KernelStats>,
     seccomp: SeccompMode,
     seccomp_selftest: bool,
     /// Exit statistics recorded (on unless `set_exit_stats(false)`).
@@ -218,6 +221,10 @@ impl Vmm {
             arch::configure_vcpu(vm.kvm(), &fd, id, nr_cpus, &entry, vm.memory())?;
             vcpus.push(fd);
         }
+        let kernel_stats = Arc::new(KernelStats::open(
+            vm.fd(),
+            &vcpus.iter().collect::<Vec<_>>(),
+        ));
         Ok(Vmm {
             pci,
             nets,
@@ -230,6 +237,7 @@ impl Vmm {
             testdev,
             exit_stats: (0..nr_cpus).map(|_| Arc::default()).collect(),
             timeline: None,
+            kernel_stats,
             seccomp: SeccompMode::Off,
             seccomp_selftest: false,
             exit_stats_on: true,
@@ -313,6 +321,7 @@ impl Vmm {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             exit_stats: self.exit_stats.clone(),
+            kernel: self.kernel_stats.clone(),
             devices: self
                 .pci
                 .virtio()
@@ -357,7 +366,9 @@ impl Vmm {
         // The devices' side: kicks per queue, interrupts per vector, device counters.
         use crate::api::VmApi;
         let view = self.api_view(serde_json::Value::Null);
-        out.push_str(&crate::api::client::format_devices(&view.stats()));
+        let stats = view.stats();
+        out.push_str(&crate::trace::kstats::format_table(&stats["kernel"], None));
+        out.push_str(&crate::api::client::format_devices(&stats));
         out
     }
 

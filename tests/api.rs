@@ -174,6 +174,58 @@ fn existing_socket_path_is_a_one_line_error() {
 }
 
 #[test]
+fn stats_carry_kvm_own_counters_per_vcpu() {
+    let sock = socket("kstats");
+    let child = start(&sock, "pio-loop=500 mmio-loop=50 idle", "idle: halted");
+    let stats = request(&sock, "GET", "/stats").unwrap();
+    let k = &stats["kernel"];
+    assert_eq!(k["source"], "KVM_GET_STATS_FD", "{k}");
+    assert!(k.get("errors").is_none(), "{k}");
+    assert!(k["vm_id"].as_str().unwrap().starts_with("kvm-"), "{k}");
+    let v0 = &k["vcpus"][0];
+    assert_eq!(v0["id"], 0);
+    assert!(v0["kvm_id"].as_str().unwrap().ends_with("/vcpu-0"), "{k}");
+    // Every exit that reached trapvisor was an exit KVM took first.
+    let user: u64 = stats["all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["where"] == "" && r["reason"] != "intr")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert!(user >= 550, "{stats}");
+    assert_eq!(v0["userspace_exits"].as_u64(), Some(user), "{k}");
+    let kexits = v0["stats"]["exits"].as_u64().unwrap();
+    assert!(
+        kexits >= user,
+        "KVM exits {kexits} < trapvisor's {user}: {k}"
+    );
+    assert_eq!(k["exits"]["kernel"].as_u64(), Some(kexits));
+    // KVM's names and types, parsed from its descriptors: counters, histograms as arrays.
+    for name in [
+        "exits",
+        "halt_exits",
+        "io_exits",
+        "mmio_exits",
+        "halt_poll_success_ns",
+    ] {
+        assert!(v0["stats"][name].is_u64(), "{name} missing: {k}");
+    }
+    assert!(v0["stats"]["halt_wait_hist"].is_array(), "{k}");
+    assert_eq!(k["types"]["halt_wait_hist"], "log-hist", "{k}");
+    assert_eq!(k["units"]["halt_poll_success_ns"], "ns", "{k}");
+    assert!(k["vm"].as_object().is_some_and(|m| !m.is_empty()), "{k}");
+    // Where a per-type counter is not kept although trapvisor saw such exits, a note says so.
+    if v0["stats"]["io_exits"] == 0 {
+        let notes = k["notes"].to_string();
+        assert!(notes.contains("io_exits=0 although"), "{k}");
+    }
+    request(&sock, "PUT", "/vm/shutdown").unwrap();
+    let out = common::wait(child, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+}
+
+#[test]
 fn ctl_prints_tables_and_draws_the_histogram() {
     let sock = socket("ctl");
     let child = start(&sock, "pio-loop=10 idle", "idle: halted");
@@ -199,8 +251,15 @@ fn ctl_prints_tables_and_draws_the_histogram() {
         "{text}"
     );
     std::fs::remove_file(&svg).unwrap();
-    let out = common::run(&["ctl", "--api-socket", s, "top", "--count", "1"]);
+    let out = common::run(&["ctl", "--api-socket", s, "top", "--count", "2"]);
     assert!(out.stdout.contains("REASON"), "{}", out.dump());
+    // The kernel table beside it, with rates between the two refreshes.
+    assert!(
+        out.stdout.contains("kernel (KVM's own statistics"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains("RATE/s"), "{}", out.dump());
     let out = common::run(&["ctl", "--api-socket", s, "shutdown"]);
     assert_eq!(out.code, Some(0), "{}", out.dump());
     let done = common::wait(child, Duration::from_secs(20));

@@ -14,6 +14,12 @@ fn rng_run(opts: Option<&str>) -> common::Output {
     args.extend(["--cmdline", "rng", "--stats"]);
     let out = run(&args);
     assert_eq!(out.code, Some(0), "{}", out.dump());
+    // --stats ends with KVM's own table too (read after seccomp locked the main thread).
+    assert!(
+        out.stderr.contains("kernel (KVM's own statistics") && out.stderr.contains("exits: "),
+        "{}",
+        out.dump()
+    );
     for line in [
         "pci: 00:01.0 1af4:1044",
         "virtio-cap: notify bar 0",

@@ -57,8 +57,14 @@ pub fn parse_response(raw: &[u8]) -> Result<Value, ClientError> {
     Ok(value)
 }
 
-/// The exit table from a `/stats` answer, for all vCPUs together.
+/// The exit tables from a `/stats` answer, for all vCPUs together: trapvisor's, then KVM's.
 pub fn format_stats(stats: &Value) -> String {
+    format_stats_since(stats, None)
+}
+
+/// As `format_stats`; the kernel table's rates are taken against `prev` (an earlier answer)
+/// when given (`ctl top`), else averaged since the VM started.
+pub fn format_stats_since(stats: &Value, prev: Option<&Value>) -> String {
     let mut out = String::new();
     let total: u64 = stats["all"]
         .as_array()
@@ -113,6 +119,10 @@ pub fn format_stats(stats: &Value) -> String {
     if !unowned.is_empty() {
         out.push_str(&format!("unowned accesses: {}\n", unowned.join(", ")));
     }
+    out.push_str(&crate::trace::kstats::format_table(
+        &stats["kernel"],
+        prev.map(|p| &p["kernel"]),
+    ));
     out.push_str(&format_devices(stats));
     let sources: Vec<String> = stats["event_loop"]
         .as_array()

@@ -9,8 +9,10 @@ use super::VmApi;
 use crate::bus::Bus;
 use crate::event_loop::SourceCounter;
 use crate::kvm::control::VmControl;
+use crate::kvm::exit::ExitKind;
 use crate::kvm::exit::StopReason;
 use crate::trace::exits::{self, ExitStats, Row};
+use crate::trace::kstats::{KernelStats, UserspaceCounts};
 use crate::virtio::transport::{DeviceReport, VirtioPciDevice};
 
 /// How long a pause may take before the API gives up.
@@ -21,6 +23,8 @@ pub struct VmView {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit_stats: Vec<Arc<Mutex<ExitStats>>>,
+    /// KVM's own statistics (the stats fds).
+    pub kernel: Arc<KernelStats>,
     /// The virtio functions: PCI slot and device.
     pub devices: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)>,
     /// The event loop's sources and their dispatch counters.
@@ -200,8 +204,17 @@ impl VmApi for VmView {
             .iter()
             .map(|(name, n)| json!({"source": name, "dispatches": n.load(Ordering::Relaxed)}))
             .collect();
+        let user: Vec<UserspaceCounts> = per_vcpu
+            .iter()
+            .map(|s| UserspaceCounts {
+                exits: s.total() - s.count(ExitKind::Interrupted),
+                io: s.count(ExitKind::IoIn) + s.count(ExitKind::IoOut),
+                mmio: s.count(ExitKind::MmioRead) + s.count(ExitKind::MmioWrite),
+            })
+            .collect();
         json!({
             "vcpus": vcpus,
+            "kernel": self.kernel.to_json(&user),
             "all": rows_json(exits::rows(&all, &self.pio, &self.mmio)),
             "unowned": {"pio": unowned_json(&self.pio), "mmio": unowned_json(&self.mmio)},
             "devices": devices_json(&self.reports()),

@@ -4,5 +4,6 @@ pub mod exit;
 pub mod ioevent;
 pub mod irq;
 pub mod report;
+pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -1,3 +1,4 @@
 //! Seeing the trap path: statistics kept by the code that does the work.
 pub mod exits;
+pub mod kstats;
 pub mod timeline;
