@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
-use trapvisor::arch::x86_64::{self as arch, layout, BootConfig, KernelSource};
+use trapvisor::arch::x86_64::layout;
+use trapvisor::arch::{self, BootConfig, KernelSource};
 use trapvisor::devices::testdev;
 use trapvisor::kvm::vm::Vm;
 use trapvisor::vmm::{VmConfig, Vmm};
@@ -20,19 +21,20 @@ const LSR_PORT: u16 = layout::COM1_PORT + 5;
 /// The bare floor: the same VM setup and guest, and a loop that does only what the guest needs
 /// (THR-empty LSR, a SINK counter, the debug-exit) straight on `VcpuExit`.
 fn bare(cmdline: &str) -> Duration {
-    let vm = Vm::new(64 << 20).expect("vm");
+    let mut vm = Vm::new(64 << 20).expect("vm");
+    let (mut vcpus, machine) = vm.create_vcpus(1).expect("vcpu");
     let entry = arch::load_kernel(
         vm.memory(),
         BootConfig {
-            kernel: KernelSource::PvhElf(trapvisor::guest::GUEST_ELF),
+            kernel: KernelSource::Builtin(trapvisor::guest::GUEST_ELF),
             initrd: None,
             cmdline,
             mem_size: 64 << 20,
-            nr_cpus: 1,
+            machine: &machine,
         },
     )
     .expect("load");
-    let mut vcpu = vm.create_vcpu(0).expect("vcpu");
+    let mut vcpu = vcpus.remove(0);
     arch::configure_vcpu(vm.kvm(), &vcpu, 0, 1, &entry, vm.memory()).expect("configure");
     let mut count: u32 = 0;
     let mut window: Option<(Instant, Instant)> = None;

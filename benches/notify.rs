@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuExit, VcpuFd};
-use trapvisor::arch::x86_64::{self as arch, BootConfig, KernelSource};
+use trapvisor::arch::{self, BootConfig, KernelSource};
 use trapvisor::bus::{Bus, BusKind};
 use trapvisor::event_loop::EventLoop;
 use trapvisor::kvm::exit::{handle_exit, Buses, Exit};
@@ -53,6 +53,7 @@ const NOTIFY_GPA: u64 = BAR_GPA + 0x3000;
 const MSI: MsiMessage = MsiMessage {
     address: 0xfee0_0000,
     data: 0x30,
+    devid: 0,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ fn kick_guest(n: u32) -> Vec<u8> {
 }
 
 fn kick_vm(n: u32) -> (Vm, VcpuFd) {
-    let vm = Vm::new(RAM).unwrap();
+    let mut vm = Vm::new(RAM).unwrap();
+    let (mut vcpus, machine) = vm.create_vcpus(1).unwrap();
     let image = kick_guest(n);
     let entry = arch::load_kernel(
         vm.memory(),
@@ -278,11 +280,11 @@ fn kick_vm(n: u32) -> (Vm, VcpuFd) {
             initrd: None,
             cmdline: "",
             mem_size: RAM,
-            nr_cpus: 1,
+            machine: &machine,
         },
     )
     .unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
+    let vcpu = vcpus.remove(0);
     arch::configure_vcpu(vm.kvm(), &vcpu, 0, 1, &entry, vm.memory()).unwrap();
     (vm, vcpu)
 }

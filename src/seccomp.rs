@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::str::FromStr;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -106,10 +106,8 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_read,
             libc::SYS_readv,
             libc::SYS_writev,
-            libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
-            libc::SYS_poll,
             libc::SYS_ppoll,
         ],
         ThreadKind::Api => &[
@@ -124,7 +122,6 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_fcntl,
             libc::SYS_clone,
             libc::SYS_clone3,
-            libc::SYS_poll,
             libc::SYS_ppoll,
             libc::SYS_getsockname,
             libc::SYS_getpeername,
@@ -137,11 +134,9 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
         ThreadKind::Main => &[
             libc::SYS_ioctl, // terminal mode restore, KVM teardown
             libc::SYS_read,
-            libc::SYS_poll,
             libc::SYS_ppoll,
             libc::SYS_tgkill,
             libc::SYS_openat,
-            libc::SYS_unlink,
             libc::SYS_unlinkat,
             libc::SYS_lseek,
             libc::SYS_fcntl,
@@ -154,7 +149,13 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_pread64, // KVM's statistics fds (--stats)
         ],
     };
-    let mut v: Vec<libc::c_long> = COMMON.iter().chain(extra).copied().collect();
+    let arch_only = crate::arch::seccomp::extra(kind);
+    let mut v: Vec<libc::c_long> = COMMON
+        .iter()
+        .chain(extra)
+        .chain(arch_only)
+        .copied()
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -168,8 +169,13 @@ pub fn build(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, SeccompE
     };
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         allowed(kind).into_iter().map(|n| (n, Vec::new())).collect();
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| SeccompError::Build(kind, e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        mismatch,
+        SeccompAction::Allow,
+        crate::arch::seccomp::TARGET,
+    )
+    .map_err(|e| SeccompError::Build(kind, e.to_string()))?;
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))
@@ -184,8 +190,8 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e.to_string()))
 }
 
-/// Offset of `si_syscall` in a SIGSYS siginfo_t on x86_64: signo, errno, code (12 bytes,
-/// padded to 16), then `_call_addr` (8), then `_syscall`.
+/// Offset of `si_syscall` in a SIGSYS siginfo_t (the same on x86_64 and aarch64): signo, errno,
+/// code (12 bytes, padded to 16), then `_call_addr` (8), then `_syscall`.
 const SI_SYSCALL_OFFSET: usize = 24;
 
 extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -282,7 +288,7 @@ mod tests {
             rules,
             SeccompAction::Errno(libc::EPERM as u32),
             SeccompAction::Allow,
-            TargetArch::x86_64,
+            crate::arch::seccomp::TARGET,
         )
         .unwrap();
         let program: BpfProgram = filter.try_into().unwrap();

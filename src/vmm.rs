@@ -5,11 +5,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::arch::x86_64::{self as arch, layout, ArchError, BootConfig, BootEntry, KernelSource};
+use crate::arch::{self, ArchError, BootConfig, BootEntry, KernelSource};
 use crate::bus::{format_map, Bus, BusError, BusKind};
-use crate::devices::legacy;
 use crate::devices::serial::{IrqFdTrigger, SerialDevice};
 use crate::devices::testdev::TestDev;
+use crate::devices::PlatformDevices;
 use crate::kvm::exit::StopReason;
 use crate::kvm::vcpu::{self, VcpuContext, VcpuHandle, VmControl};
 use crate::kvm::vm::{Vm, VmError};
@@ -21,8 +21,8 @@ use crate::trace::kstats::KernelStats;
 use crate::trace::timeline::Timeline;
 use crate::virtio::rng::{Rng, RngConfig};
 
-/// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
-pub const MAX_VCPUS: u8 = 64;
+/// The most vCPUs a VM may have (the architecture's limit).
+pub use crate::arch::MAX_VCPUS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -160,16 +160,18 @@ impl Vmm {
             None => None,
         };
 
-        let vm = Vm::new(cfg.mem_size)?;
+        let mut vm = Vm::new(cfg.mem_size)?;
+        // Every vCPU and the interrupt controller first: on aarch64 the GIC needs every vCPU,
+        // and irqfds (the devices below) and MSI routes with device ids need the GIC and ITS.
+        let (vcpus, machine) = vm.create_vcpus(nr_cpus)?;
         let console = SharedConsole(Arc::new(Mutex::new(cfg.console)));
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
 
-        let legacy::LegacyDevices { serial, testdev } = legacy::register(
+        let PlatformDevices { serial, testdev } = arch::register_devices(
             &pio,
             &mmio,
-            IrqFdTrigger(vm.irqfd(layout::COM1_IRQ)?),
-            IrqFdTrigger(vm.irqfd(layout::I8042_KBD_IRQ)?),
+            |gsi| vm.irqfd(gsi).map(IrqFdTrigger).map_err(VmmError::from),
             Box::new(console.clone()),
             Box::new(console),
         )?;
@@ -202,7 +204,7 @@ impl Vmm {
                 cs: *cs,
                 ip: *ip,
             },
-            _ => KernelSource::PvhElf(crate::guest::GUEST_ELF),
+            _ => KernelSource::Builtin(crate::guest::GUEST_ELF),
         };
         let entry: BootEntry = arch::load_kernel(
             vm.memory(),
@@ -211,15 +213,12 @@ impl Vmm {
                 initrd: initrd_file.as_mut(),
                 cmdline: &cfg.cmdline,
                 mem_size: cfg.mem_size,
-                nr_cpus,
+                machine: &machine,
             },
         )?;
 
-        let mut vcpus = Vec::with_capacity(usize::from(nr_cpus));
-        for id in 0..nr_cpus {
-            let fd = vm.create_vcpu(id)?;
-            arch::configure_vcpu(vm.kvm(), &fd, id, nr_cpus, &entry, vm.memory())?;
-            vcpus.push(fd);
+        for (id, fd) in vcpus.iter().enumerate() {
+            arch::configure_vcpu(vm.kvm(), fd, id as u8, nr_cpus, &entry, vm.memory())?;
         }
         let kernel_stats = Arc::new(KernelStats::open(
             vm.fd(),

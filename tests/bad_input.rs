@@ -34,6 +34,47 @@ fn kernel_that_is_not_a_kernel() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The first 64 bytes of an arm64 `Image` (booting.rst: MZ for the EFI stub, text_offset 0,
+/// image_size, flags, the magic "ARM\x64" at 56), then padding.
+fn arm64_image() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0..2].copy_from_slice(b"MZ");
+    b[16..24].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    b[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    b[56..60].copy_from_slice(b"ARM\x64");
+    b
+}
+
+/// The start of an x86 bzImage: the setup header's "HdrS" at 0x202, boot protocol 2.15.
+fn bzimage() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b
+}
+
+#[test]
+fn kernel_of_the_other_architecture_is_named() {
+    // An arm64 Image given to the x86_64 build, an x86 bzImage to the aarch64 build.
+    let (image, kind) = match trapvisor::arch::NAME {
+        "x86_64" => (arm64_image(), "arm64 Image"),
+        _ => (bzimage(), "x86 bzImage"),
+    };
+    let dir = scratch("foreign");
+    let k = dir.join("kernel");
+    std::fs::write(&k, image).unwrap();
+    let out = run(&["run", "--kernel", k.to_str().unwrap()]);
+    assert_usage_error(&out, kind);
+    assert!(
+        out.stderr
+            .contains(&format!("runs {} guests", trapvisor::arch::NAME)),
+        "{}",
+        out.dump()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn missing_initrd() {
     let out = run(&["run", "--initrd", "/nonexistent/initrd"]);

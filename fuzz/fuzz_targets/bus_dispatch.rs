@@ -1,16 +1,15 @@
-//! Random port and MMIO accesses, through the exit dispatcher, against the full legacy device
-//! set. Invariants: no panic; an access nobody owns reads as all-ones and stops nothing; a
-//! write to the debug-exit port stops with exactly the written value; the SINK count equals
-//! the SINK writes that were dispatched.
+//! Random port and MMIO accesses, through the exit dispatcher, against the full platform device
+//! set of the architecture it is built for (`arch::register_devices`). Invariants: no panic; an
+//! access nobody owns reads as all-ones and stops nothing; a write to an exit register (the
+//! debug-exit port, the test device's EXIT) stops with exactly the written value; the SINK
+//! count equals the SINK writes that were dispatched.
 #![no_main]
 
 use std::io::sink;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use trapvisor::arch::x86_64::layout;
-use trapvisor::bus::{Bus, BusKind};
-use trapvisor::devices::legacy;
+use trapvisor::bus::{Bus, BusError, BusKind};
 use trapvisor::devices::testdev::SINK_OFFSET;
 use trapvisor::kvm::exit::{handle_exit, Buses, Exit, ExitAction, StopReason};
 
@@ -37,8 +36,30 @@ enum Access {
 fuzz_target!(|accesses: Vec<Access>| {
     let pio = Bus::new(BusKind::Pio);
     let mmio = Bus::new(BusKind::Mmio);
-    let devs = legacy::register(&pio, &mmio, NoIrq, NoIrq, Box::new(sink()), Box::new(sink())).unwrap();
+    let devs = trapvisor::arch::register_devices(
+        &pio,
+        &mmio,
+        |_| Ok::<_, BusError>(NoIrq),
+        Box::new(sink()),
+        Box::new(sink()),
+    )
+    .unwrap();
     let buses = Buses { pio: &pio, mmio: &mmio };
+    // Every registered range is an interesting place; the test device's SINK is counted.
+    let bases: Vec<(bool, u64)> = pio
+        .map()
+        .into_iter()
+        .map(|e| (true, e.base))
+        .chain(mmio.map().into_iter().map(|e| (false, e.base)))
+        .collect();
+    let sinks: Vec<(bool, u64)> = pio
+        .map()
+        .into_iter()
+        .map(|e| (true, e))
+        .chain(mmio.map().into_iter().map(|e| (false, e)))
+        .filter(|(_, e)| e.device == "testdev")
+        .map(|(p, e)| (p, e.base + SINK_OFFSET))
+        .collect();
     let mut sink_writes = 0u64;
     for a in accesses.into_iter().take(256) {
         let (is_pio, addr, write, mut data) = match a {
@@ -50,13 +71,6 @@ fuzz_target!(|accesses: Vec<Access>| {
             Access::Read { addr, len } => (false, addr, false, vec![0u8; len as usize % 9]),
             Access::Write { addr, data } => (false, addr, true, data),
             Access::Near { which, offset, data, write } => {
-                let bases = [
-                    (true, layout::COM1_PORT as u64),
-                    (true, layout::I8042_DATA_PORT as u64),
-                    (true, layout::TESTDEV_PORT as u64),
-                    (true, layout::ACPI_SLEEP_CONTROL_PORT as u64),
-                    (false, layout::TESTDEV_MMIO_START),
-                ];
                 let (p, base) = bases[which as usize % bases.len()];
                 (p, base + u64::from(offset % 16), write, data)
             }
@@ -74,11 +88,6 @@ fuzz_target!(|accesses: Vec<Access>| {
             };
             data.resize(size, 0);
         }
-        let sink_addr = if is_pio {
-            layout::TESTDEV_PORT as u64 + SINK_OFFSET
-        } else {
-            layout::TESTDEV_MMIO_START + SINK_OFFSET
-        };
         let exit = match (is_pio, write) {
             (true, false) => Exit::IoIn { port: addr as u16, size: data.len().min(4).max(1), data: &mut data },
             (true, true) => Exit::IoOut { port: addr as u16, size: data.len(), data: &data },
@@ -87,7 +96,7 @@ fuzz_target!(|accesses: Vec<Access>| {
         };
         let addr = if is_pio { addr as u16 as u64 } else { addr };
         let handled = handle_exit(exit, &buses);
-        if write && addr == sink_addr {
+        if write && sinks.contains(&(is_pio, addr)) {
             sink_writes += 1;
         }
         let owned = handled.target.and_then(|t| t.hit).is_some();
@@ -97,7 +106,8 @@ fuzz_target!(|accesses: Vec<Access>| {
                 assert!(data.iter().all(|&b| b == 0xff), "unowned read gave {data:?}");
             }
         }
-        if write && is_pio && addr == layout::DEBUG_EXIT_PORT as u64 {
+        let region = handled.target.and_then(|t| t.hit).map(|h| h.region);
+        if write && region == Some("exit") {
             let mut v = [0u8; 4];
             let n = data.len().min(4);
             v[..n].copy_from_slice(&data[..n]);

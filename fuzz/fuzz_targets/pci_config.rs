@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use trapvisor::arch::x86_64::layout;
 use trapvisor::bus::{Bus, BusDevice, BusKind};
 use trapvisor::kvm::ioevent::FakeIoEvents;
 use trapvisor::kvm::irq::FakeIrqRouting;
@@ -118,20 +117,13 @@ impl Rig {
 
     /// Guest-physical ranges no BAR may take.
     fn reserved(&self) -> Vec<(u64, u64)> {
-        let mut r: Vec<(u64, u64)> = layout::ram_regions(self.mem_size)
-            .into_iter()
-            .map(|(a, len)| (a.0, a.0 + len as u64))
+        let r: Vec<(u64, u64)> = self
+            .root
+            .layout()
+            .reserved
+            .iter()
+            .map(|r| (r.start, r.end))
             .collect();
-        r.push((
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE,
-        ));
-        r.push((layout::IOAPIC_START, layout::IOAPIC_START + 0x1000));
-        r.push((layout::LAPIC_START, layout::LAPIC_START + 0x10_0000));
-        r.push((
-            layout::KVM_IDENTITY_MAP_ADDRESS,
-            layout::KVM_TSS_ADDRESS + 0x3000,
-        ));
         r
     }
 
@@ -206,20 +198,24 @@ impl Rig {
     }
 
     fn place(&self, dev: u8, bar: usize, place: u8, offset: u64) -> u64 {
-        let mw = layout::pci_mmio64_start(self.mem_size);
+        let l = self.root.layout();
         match place % 8 {
-            0 => layout::PCI_MMIO32_START + offset % layout::PCI_MMIO32_SIZE,
-            1 => mw + offset % layout::PCI_MMIO64_SIZE,
-            2 => offset % self.mem_size.max(1),
-            3 => layout::PCI_ECAM_START + offset % layout::PCI_ECAM_SIZE,
-            4 => layout::LAPIC_START - 0x1000 + offset % 0x20_0000,
+            0 => l.mmio32_start + offset % l.mmio32_size,
+            1 => l.mmio64_start + offset % l.mmio64_size,
+            2 => l.reserved[0].start + offset % self.mem_size.max(1),
+            3 => l.ecam_start + offset % l.ecam_size,
+            4 => {
+                // Around the start of a reserved range (the interrupt controller, ...).
+                let r = &l.reserved[(offset as usize / 7) % l.reserved.len()];
+                r.start.wrapping_sub(0x1000).wrapping_add(offset % 0x20_0000)
+            }
             5 => {
                 // On top of another device's BAR, or next to it.
                 let other = (dev + 1) % DEVS;
                 let a = self
                     .root
                     .bar_mapping(other, bar)
-                    .unwrap_or(layout::PCI_MMIO32_START);
+                    .unwrap_or(l.mmio32_start);
                 a.wrapping_add(offset % 0x1_0000)
             }
             6 => u64::MAX - offset % 0x10_0000,
@@ -288,7 +284,7 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
                 write,
             } => {
                 let n = width(w);
-                let off = u64::from(offset) % (layout::PCI_ECAM_SIZE * 4);
+                let off = u64::from(offset) % (rig.root.layout().ecam_size * 4);
                 let mut d = (u64::from(value) | u64::from(value) << 32).to_le_bytes()[..n].to_vec();
                 if write {
                     rig.ecam.write(off, &d);

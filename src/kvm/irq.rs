@@ -1,6 +1,7 @@
 //! Interrupts into the guest by message: the GSI routing table, irqfds and KVM_SIGNAL_MSI.
 //!
-//! An MSI (an MSI-X vector's address and data) reaches the guest's local APIC in one of two ways:
+//! An MSI (an MSI-X vector's address and data) reaches the guest's interrupt controller (the
+//! local APIC on x86_64, the GICv3 ITS on aarch64) in one of two ways:
 //!
 //! * **irqfd**: the message is a route of the GSI routing table (`KVM_SET_GSI_ROUTING`) and an
 //!   eventfd is bound to that GSI (`KVM_IRQFD`); writing 1 to the eventfd injects the interrupt
@@ -8,33 +9,44 @@
 //! * **KVM_SIGNAL_MSI**: one ioctl per interrupt with the message itself, no route needed.
 //!
 //! `KVM_SET_GSI_ROUTING` replaces the whole table, so [`KvmIrqRouter`] keeps the in-kernel
-//! irqchip's default routes for GSIs 0..23 (GSI n → IOAPIC pin n, and for n < 16 also the PIC
-//! pin n % 8, the table KVM installs with the irqchip) in every table it sets: the serial port's
-//! irqfd on GSI 4 keeps working. MSI routes get GSIs from 24 up.
+//! irqchip's default routes for the legacy GSIs (`arch::default_gsi_routes`: on x86_64 GSI n →
+//! IOAPIC pin n and for n < 16 also PIC pin n % 8; on aarch64 GSI n → SPI n) in every table it
+//! sets: the serial port's irqfd keeps working. MSI routes get GSIs from `arch::LEGACY_GSIS` up.
 //!
-//! Devices see only the [`IrqRouting`] trait; unit tests use a fake.
+//! A message carries the requester id of the function that sends it ([`MsiMessage::devid`]):
+//! an ITS translates by (device id, event id). It goes to KVM with `KVM_MSI_VALID_DEVID` when
+//! the VM has `KVM_CAP_MSI_DEVID` (on arm64 only once the ITS exists; never on x86_64).
+//!
+//! Devices see only the [`IrqRouting`] trait; unit tests use a fake. [`FunctionIrqRouting`]
+//! stamps one function's requester id on every message it routes or sends.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_msi, KvmIrqRouting,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MSI_VALID_DEVID,
 };
 use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::EventFd;
 
-/// GSIs 0..LEGACY_GSIS belong to the in-kernel PIC/IOAPIC.
-pub const LEGACY_GSIS: u32 = 24;
+pub use crate::arch::LEGACY_GSIS;
+
 /// The highest GSI handed out for MSI routes (KVM allows up to KVM_MAX_IRQ_ROUTES - 1).
 pub const MAX_MSI_GSI: u32 = 4095;
 
-/// An MSI message: what the device writes, and where.
+/// An MSI message: what the device writes, where, and who writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MsiMessage {
     pub address: u64,
     pub data: u32,
+    /// The sender's PCI requester id (bus << 8 | device << 3 | function).
+    pub devid: u32,
+}
+
+/// The requester id (BDF) of function `func` of device `dev` on `bus`.
+pub fn requester_id(bus: u8, dev: u8, func: u8) -> u32 {
+    u32::from(bus) << 8 | u32::from(dev & 0x1f) << 3 | u32::from(func & 0x7)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,24 +81,8 @@ pub trait IrqRouting: Send + Sync {
     fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError>;
 }
 
-/// The in-kernel irqchip's default routes, as KVM installs them with KVM_CREATE_IRQCHIP.
-pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
-    let mut v = Vec::new();
-    for gsi in 0..LEGACY_GSIS {
-        v.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
-        if gsi < 16 {
-            let chip = if gsi < 8 {
-                KVM_IRQCHIP_PIC_MASTER
-            } else {
-                KVM_IRQCHIP_PIC_SLAVE
-            };
-            v.push(irqchip_entry(gsi, chip, gsi % 8));
-        }
-    }
-    v
-}
-
-fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
+/// A route of `gsi` to pin `pin` of the in-kernel irqchip `irqchip`.
+pub fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
     let mut e = kvm_irq_routing_entry {
         gsi,
         type_: KVM_IRQ_ROUTING_IRQCHIP,
@@ -96,26 +92,48 @@ fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
     e
 }
 
-fn msi_entry(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
+/// A route of `gsi` to `msg`; with `devid` its requester id goes along (KVM_MSI_VALID_DEVID).
+fn msi_entry(gsi: u32, msg: MsiMessage, devid: bool) -> kvm_irq_routing_entry {
     let mut e = kvm_irq_routing_entry {
         gsi,
         type_: KVM_IRQ_ROUTING_MSI,
         ..Default::default()
     };
-    e.u.msi = kvm_irq_routing_msi {
+    let mut msi = kvm_irq_routing_msi {
         address_lo: msg.address as u32,
         address_hi: (msg.address >> 32) as u32,
         data: msg.data,
         ..Default::default()
     };
+    if devid {
+        e.flags = KVM_MSI_VALID_DEVID;
+        msi.__bindgen_anon_1.devid = msg.devid;
+    }
+    e.u.msi = msi;
     e
 }
 
-/// The whole table for a set of MSI routes: the defaults first, then the MSIs by GSI.
-pub fn routing_table(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
-    let mut v = default_routes();
-    v.extend(msi.iter().map(|(&gsi, &msg)| msi_entry(gsi, msg)));
+/// The whole table for a set of MSI routes: the irqchip's defaults first, then the MSIs by
+/// GSI (with their requester ids when `devid`).
+pub fn routing_table(msi: &BTreeMap<u32, MsiMessage>, devid: bool) -> Vec<kvm_irq_routing_entry> {
+    let mut v = crate::arch::default_gsi_routes();
+    v.extend(msi.iter().map(|(&gsi, &msg)| msi_entry(gsi, msg, devid)));
     v
+}
+
+/// The `kvm_msi` for KVM_SIGNAL_MSI.
+pub fn kvm_msi_of(msg: MsiMessage, devid: bool) -> kvm_msi {
+    let mut m = kvm_msi {
+        address_lo: msg.address as u32,
+        address_hi: (msg.address >> 32) as u32,
+        data: msg.data,
+        ..Default::default()
+    };
+    if devid {
+        m.flags = KVM_MSI_VALID_DEVID;
+        m.devid = msg.devid;
+    }
+    m
 }
 
 struct RouterState {
@@ -137,6 +155,8 @@ pub struct RouterStats {
 /// The VM's GSI routing table and MSI injection on a real KVM VM.
 pub struct KvmIrqRouter {
     vm: Arc<VmFd>,
+    /// Messages go to KVM with their requester id (the VM has KVM_CAP_MSI_DEVID).
+    devid: bool,
     state: Mutex<RouterState>,
     stats: Mutex<RouterStats>,
 }
@@ -146,10 +166,13 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> IrqError {
 }
 
 impl KvmIrqRouter {
-    /// A router for `vm`, which must have an in-kernel irqchip.
+    /// A router for `vm`, which must have its in-kernel irqchip (on aarch64: the GIC and its
+    /// ITS, since KVM_CAP_MSI_DEVID is read here and reads 0 before the ITS exists).
     pub fn new(vm: Arc<VmFd>) -> Self {
+        let devid = vm.check_extension(kvm_ioctls::Cap::MsiDevid);
         KvmIrqRouter {
             vm,
+            devid,
             state: Mutex::new(RouterState {
                 // The range is valid (start <= end), so this cannot fail.
                 gsis: IdAllocator::new(LEGACY_GSIS, MAX_MSI_GSI).expect("valid GSI range"),
@@ -163,6 +186,11 @@ impl KvmIrqRouter {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether messages reach KVM with their requester id (`KVM_MSI_VALID_DEVID`).
+    pub fn uses_devid(&self) -> bool {
+        self.devid
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, RouterState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -171,9 +199,11 @@ impl KvmIrqRouter {
     /// in the order their changes were made).
     fn commit(&self, routes: &BTreeMap<u32, MsiMessage>) -> Result<(), IrqError> {
         let table =
-            KvmIrqRouting::from_entries(&routing_table(routes)).map_err(|_| IrqError::Kvm {
-                op: "KVM_SET_GSI_ROUTING (table too large)",
-                err: kvm_ioctls::Error::new(libc::E2BIG),
+            KvmIrqRouting::from_entries(&routing_table(routes, self.devid)).map_err(|_| {
+                IrqError::Kvm {
+                    op: "KVM_SET_GSI_ROUTING (table too large)",
+                    err: kvm_ioctls::Error::new(libc::E2BIG),
+                }
             })?;
         self.vm
             .set_gsi_routing(&table)
@@ -244,18 +274,59 @@ impl IrqRouting for KvmIrqRouter {
     }
 
     fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError> {
-        let m = kvm_msi {
-            address_lo: msg.address as u32,
-            address_hi: (msg.address >> 32) as u32,
-            data: msg.data,
-            ..Default::default()
-        };
-        let r = self.vm.signal_msi(m).map_err(kvm_err("KVM_SIGNAL_MSI"))?;
+        let r = self
+            .vm
+            .signal_msi(kvm_msi_of(msg, self.devid))
+            .map_err(kvm_err("KVM_SIGNAL_MSI"))?;
         self.stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .signal_msi += 1;
         Ok(r > 0)
+    }
+}
+
+/// One PCI function's view of the VM's router: every message it routes or sends carries the
+/// function's requester id, whatever the device put in it.
+pub struct FunctionIrqRouting {
+    inner: Arc<dyn IrqRouting>,
+    devid: u32,
+}
+
+impl FunctionIrqRouting {
+    pub fn new(inner: Arc<dyn IrqRouting>, devid: u32) -> Self {
+        FunctionIrqRouting { inner, devid }
+    }
+
+    fn stamp(&self, msg: MsiMessage) -> MsiMessage {
+        MsiMessage {
+            devid: self.devid,
+            ..msg
+        }
+    }
+}
+
+impl IrqRouting for FunctionIrqRouting {
+    fn allocate_gsi(&self) -> Result<u32, IrqError> {
+        self.inner.allocate_gsi()
+    }
+    fn free_gsi(&self, gsi: u32) {
+        self.inner.free_gsi(gsi)
+    }
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
+        self.inner.set_msi_route(gsi, self.stamp(msg))
+    }
+    fn remove_route(&self, gsi: u32) -> Result<(), IrqError> {
+        self.inner.remove_route(gsi)
+    }
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), IrqError> {
+        self.inner.register_irqfd(fd, gsi)
+    }
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), IrqError> {
+        self.inner.unregister_irqfd(fd, gsi)
+    }
+    fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError> {
+        self.inner.signal_msi(self.stamp(msg))
     }
 }
 
@@ -345,121 +416,73 @@ impl IrqRouting for FakeIrqRouting {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_routes_match_kvms_table() {
-        let r = default_routes();
-        // 16 GSIs with two routes (IOAPIC + PIC), 8 with one.
-        assert_eq!(r.len(), 16 * 2 + 8);
-        let gsi4: Vec<_> = r.iter().filter(|e| e.gsi == 4).collect();
-        assert_eq!(gsi4.len(), 2);
-        // SAFETY: irqchip entries were written through the `irqchip` member.
-        let chips: Vec<(u32, u32)> = gsi4
-            .iter()
-            .map(|e| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) })
-            .collect();
-        assert!(chips.contains(&(KVM_IRQCHIP_IOAPIC, 4)));
-        assert!(chips.contains(&(KVM_IRQCHIP_PIC_MASTER, 4)));
-        // SAFETY: as above.
-        let gsi10 = r
-            .iter()
-            .filter(|e| e.gsi == 10 && unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_PIC_SLAVE)
-            .count();
-        assert_eq!(gsi10, 1);
-        assert!(r.iter().all(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP));
+    fn msg(address: u64, data: u32, devid: u32) -> MsiMessage {
+        MsiMessage {
+            address,
+            data,
+            devid,
+        }
     }
 
     #[test]
     fn table_keeps_defaults_and_adds_msis() {
+        let defaults = crate::arch::default_gsi_routes();
+        assert!(!defaults.is_empty());
+        assert!(defaults
+            .iter()
+            .all(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP && e.gsi < LEGACY_GSIS));
         let mut m = BTreeMap::new();
-        m.insert(
-            30,
-            MsiMessage {
-                address: 0x1_fee0_1000,
-                data: 0x41,
-            },
-        );
-        let t = routing_table(&m);
-        assert_eq!(t.len(), 41);
-        let last = t.last().unwrap();
-        assert_eq!((last.gsi, last.type_), (30, KVM_IRQ_ROUTING_MSI));
-        // SAFETY: written through the `msi` member.
-        let msi = unsafe { last.u.msi };
-        assert_eq!(
-            (msi.address_lo, msi.address_hi, msi.data),
-            (0xfee0_1000, 1, 0x41)
-        );
+        m.insert(LEGACY_GSIS + 6, msg(0x1_fee0_1000, 0x41, 0x18));
+        for devid in [false, true] {
+            let t = routing_table(&m, devid);
+            assert_eq!(t.len(), defaults.len() + 1);
+            let last = t.last().unwrap();
+            assert_eq!(
+                (last.gsi, last.type_),
+                (LEGACY_GSIS + 6, KVM_IRQ_ROUTING_MSI)
+            );
+            // SAFETY: written through the `msi` member.
+            let msi = unsafe { last.u.msi };
+            assert_eq!(
+                (msi.address_lo, msi.address_hi, msi.data),
+                (0xfee0_1000, 1, 0x41)
+            );
+            // SAFETY: the union's two members are both a u32.
+            let id = unsafe { msi.__bindgen_anon_1.devid };
+            if devid {
+                assert_eq!((last.flags, id), (KVM_MSI_VALID_DEVID, 0x18));
+            } else {
+                assert_eq!((last.flags, id), (0, 0));
+            }
+        }
     }
 
-    /// On the real /dev/kvm: routes replace the whole table, the legacy GSI 4 keeps working,
-    /// irqfds bind to MSI GSIs and KVM_SIGNAL_MSI is accepted.
     #[test]
-    fn kvm_routes_irqfds_and_signal_msi() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            eprintln!("no /dev/kvm: skipped");
-            return;
-        };
-        let vm = Arc::new(kvm.create_vm().unwrap());
-        vm.create_irq_chip().unwrap();
-        let _vcpu = vm.create_vcpu(0).unwrap();
-        let router = KvmIrqRouter::new(vm.clone());
-        let serial = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        vm.register_irqfd(&serial, 4).unwrap();
+    fn signal_msi_carries_the_devid_only_when_asked() {
+        let m = kvm_msi_of(msg(0x8_0001_0040, 7, 0x20), true);
+        assert_eq!((m.address_lo, m.address_hi, m.data), (0x0001_0040, 8, 7));
+        assert_eq!((m.flags, m.devid), (KVM_MSI_VALID_DEVID, 0x20));
+        let m = kvm_msi_of(msg(0xfee0_0000, 0x30, 0x20), false);
+        assert_eq!((m.flags, m.devid), (0, 0));
+    }
 
-        let gsi = router.allocate_gsi().unwrap();
-        assert!(gsi >= LEGACY_GSIS);
-        let msg = MsiMessage {
-            address: 0xfee0_0000,
-            data: 0x30,
-        };
-        router.set_msi_route(gsi, msg).unwrap();
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        router.register_irqfd(&evt, gsi).unwrap();
-        evt.write(1).unwrap();
-        // The table was replaced, and GSI 4 (the serial port) still has its routes: a line
-        // raised through the table shows in the IOAPIC's IRR, and the serial irqfd's pulse is
-        // latched in the PIC's IRR (both are gone if GSI 4 has no route).
-        let irr = |chip_id| {
-            let mut chip = kvm_bindings::kvm_irqchip {
-                chip_id,
-                ..Default::default()
-            };
-            vm.get_irqchip(&mut chip).unwrap();
-            // SAFETY: KVM_GET_IRQCHIP fills the member named by chip_id.
-            unsafe {
-                if chip_id == KVM_IRQCHIP_IOAPIC {
-                    chip.chip.ioapic.irr
-                } else {
-                    u32::from(chip.chip.pic.irr)
-                }
-            }
-        };
-        assert_eq!(irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4), 0);
-        serial.write(1).unwrap();
-        // irqfd injection of an IRQCHIP route runs from a kernel work item: wait for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4) == 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_ne!(
-            irr(KVM_IRQCHIP_PIC_MASTER) & (1 << 4),
-            0,
-            "serial irqfd lost"
-        );
-        vm.set_irq_line(4, true).unwrap();
-        assert_ne!(irr(KVM_IRQCHIP_IOAPIC) & (1 << 4), 0, "no IOAPIC route");
-        vm.set_irq_line(4, false).unwrap();
-        router.signal_msi(msg).unwrap();
-        router.unregister_irqfd(&evt, gsi).unwrap();
-        router.remove_route(gsi).unwrap();
-        router.free_gsi(gsi);
-        let s = router.stats();
-        assert_eq!(s.table_updates, 2);
-        assert_eq!(s.msi_routes, 0);
-        assert_eq!(s.signal_msi, 1);
-        // An unknown GSI is refused.
-        assert!(matches!(
-            router.set_msi_route(4000, msg),
-            Err(IrqError::UnknownGsi(4000))
-        ));
+    #[test]
+    fn requester_ids() {
+        assert_eq!(requester_id(0, 0, 0), 0);
+        assert_eq!(requester_id(0, 3, 0), 0x18);
+        assert_eq!(requester_id(1, 31, 7), 0x1ff);
+    }
+
+    #[test]
+    fn a_function_stamps_its_requester_id() {
+        let fake = FakeIrqRouting::new();
+        let f = FunctionIrqRouting::new(fake.clone(), 0x10);
+        let gsi = f.allocate_gsi().unwrap();
+        f.set_msi_route(gsi, msg(0xfee0_0000, 0x31, 0xdead))
+            .unwrap();
+        f.signal_msi(msg(0xfee0_0000, 0x32, 0)).unwrap();
+        let s = fake.lock();
+        assert_eq!(s.routes[&gsi], msg(0xfee0_0000, 0x31, 0x10));
+        assert_eq!(s.signalled, vec![msg(0xfee0_0000, 0x32, 0x10)]);
     }
 }

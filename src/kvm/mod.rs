@@ -3,7 +3,6 @@ pub mod control;
 pub mod exit;
 pub mod ioevent;
 pub mod irq;
-pub mod report;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -15,7 +15,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
-use super::report::format_report;
 use crate::bus::Bus;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
@@ -273,7 +272,5 @@ fn run_loop(
 }
 
 fn fatal_report(fd: &VcpuFd, id: u8, why: &str, mem: &GuestMemoryMmap) -> String {
-    let regs = fd.get_regs().ok();
-    let sregs = fd.get_sregs().ok();
-    format_report(id, why, regs.as_ref(), sregs.as_ref(), mem)
+    crate::arch::vcpu_report(fd, id, why, mem)
 }

@@ -1,13 +1,14 @@
-//! The VM: /dev/kvm, guest RAM, the in-kernel irqchip and PIT, and interrupt lines.
+//! The VM: /dev/kvm, guest RAM, the vCPUs, the architecture's in-kernel devices
+//! (`arch::setup_vm`, `arch::setup_vcpus`) and interrupt lines.
 use std::io;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::layout;
+use crate::arch::{self, ArchError, Machine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -30,6 +31,8 @@ pub enum VmError {
         op: &'static str,
         err: kvm_ioctls::Error,
     },
+    #[error(transparent)]
+    Arch(#[from] ArchError),
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -83,20 +86,19 @@ pub struct Vm {
     fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
     mem_size: u64,
+    /// What `create_vcpus` set up, once it has run.
+    machine: Option<Machine>,
 }
 
 impl Vm {
-    /// Creates the VM: TSS and identity map, irqchip, PIT, and `mem_size` bytes of RAM split
-    /// around the 32-bit MMIO hole.
+    /// Creates the VM with `mem_size` bytes of RAM where the architecture puts it
+    /// (`arch::ram_regions`), then the architecture's in-kernel devices that come before the
+    /// vCPUs (`arch::setup_vm`; on x86_64 the irqchip and PIT).
     pub fn new(mem_size: u64) -> Result<Vm, VmError> {
         check_memory_size(mem_size)?;
         let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_size))
+        let memory = GuestMemoryMmap::from_ranges(&arch::ram_regions(mem_size))
             .map_err(|e| VmError::Memory(e.to_string()))?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
@@ -115,20 +117,13 @@ impl Vm {
             unsafe { fd.set_user_memory_region(mr) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        // The irqchip after the memory slots: on some hosts (this PVM one: 7-11 ms) the first
-        // memslot change after KVM_CREATE_IRQCHIP is slow, and here there is none.
-        fd.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        arch::setup_vm(&fd)?;
         Ok(Vm {
             kvm,
             fd: Arc::new(fd),
             memory,
             mem_size,
+            machine: None,
         })
     }
 
@@ -157,6 +152,23 @@ impl Vm {
         self.fd
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))
+    }
+
+    /// Creates vCPUs 0..n, then what needs all of them (`arch::setup_vcpus`; on aarch64 the
+    /// vCPU init, the GIC with its ITS and the PMU). Call once, before devices that raise
+    /// interrupts: on aarch64 irqfds need the GIC.
+    pub fn create_vcpus(&mut self, n: u8) -> Result<(Vec<VcpuFd>, Machine), VmError> {
+        let vcpus = (0..n)
+            .map(|id| self.create_vcpu(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let machine = arch::setup_vcpus(&self.kvm, &self.fd, &vcpus)?;
+        self.machine = Some(machine.clone());
+        Ok((vcpus, machine))
+    }
+
+    /// What `create_vcpus` set up (the boot tables describe it).
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.as_ref()
     }
 
     /// An eventfd that raises legacy IRQ `gsi` inside KVM when written (irqfd).

@@ -178,6 +178,8 @@ impl Entry {
         MsiMessage {
             address: u64::from(self.addr_hi) << 32 | u64::from(self.addr_lo),
             data: self.data,
+            // The function's router stamps its requester id (`kvm::irq::FunctionIrqRouting`).
+            devid: 0,
         }
     }
 

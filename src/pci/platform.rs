@@ -1,17 +1,16 @@
-//! A VM's PCI side, put together: the root on both buses (conf1 ports, ECAM window), the GSI
-//! router and ioeventfds on the VM fd, the virtio functions, and the event loop that runs their
-//! queues for notify=ioeventfd.
+//! A VM's PCI side, put together: the root with its ECAM window on the MMIO bus (and whatever
+//! else the architecture attaches: conf1 ports on x86_64), the GSI router and ioeventfds on the
+//! VM fd, the virtio functions, and the event loop that runs their queues for notify=ioeventfd.
 use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
-use super::root::{Conf1, Ecam, PciRoot, CONF1_LEN, CONF1_PORT};
+use super::root::{Ecam, PciRoot};
 use super::PciError;
-use crate::arch::x86_64::layout;
 use crate::bus::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, EventLoopHandle, SourceCounter, StopSignal};
 use crate::kvm::ioevent::{IoEventRegistry, KvmIoEvents};
-use crate::kvm::irq::{IrqRouting, KvmIrqRouter};
+use crate::kvm::irq::{requester_id, FunctionIrqRouting, IrqRouting, KvmIrqRouter};
 use crate::kvm::vm::Vm;
 use crate::virtio::transport::{TransportError, VirtioPciDevice};
 use crate::virtio::{DeviceOptions, VirtioDevice};
@@ -51,19 +50,16 @@ pub struct PciPlatform {
 }
 
 impl PciPlatform {
-    /// The root with its host bridge; conf1 at 0xcf8 on `pio`, ECAM on `mmio`.
+    /// The root with its host bridge: ECAM on `mmio`, and what the architecture attaches to
+    /// `pio` (`arch::attach_pci`: conf1 at 0xcf8 on x86_64). On aarch64 call it after
+    /// `Vm::create_vcpus`: the router reads KVM_CAP_MSI_DEVID, which needs the ITS.
     pub fn new(vm: &Vm, pio: &Bus, mmio: &Arc<Bus>) -> Result<Self, PlatformError> {
         let root = PciRoot::new(mmio.clone(), vm.mem_size())?;
-        pio.insert(
-            CONF1_PORT.into(),
-            CONF1_LEN,
-            "pci-conf1",
-            "config-address+data",
-            Arc::new(Mutex::new(Conf1::new(root.clone()))),
-        )?;
+        crate::arch::attach_pci(pio, &root)?;
+        let layout = root.layout();
         mmio.insert(
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_SIZE,
+            layout.ecam_start,
+            layout.ecam_size,
             "pci-ecam",
             "bus 0",
             Arc::new(Mutex::new(Ecam::new(root.clone()))),
@@ -99,7 +95,12 @@ impl PciPlatform {
         options: DeviceOptions,
     ) -> Result<u8, PlatformError> {
         let name = device.name();
-        let router: Arc<dyn IrqRouting> = self.router.clone();
+        let slot = self.root.free_slot().ok_or(PciError::NoSlot)?;
+        // Every message of this function carries its requester id (the ITS's device id).
+        let router: Arc<dyn IrqRouting> = Arc::new(FunctionIrqRouting::new(
+            self.router.clone(),
+            requester_id(0, slot, 0),
+        ));
         let transport = VirtioPciDevice::new(
             device,
             options,
@@ -109,7 +110,7 @@ impl PciPlatform {
         )?;
         let events = transport.notify_events().map_err(PlatformError::EventFd)?;
         let dev = Arc::new(Mutex::new(transport));
-        let slot = self.root.add_device(dev.clone())?;
+        self.root.add_device_in(slot, dev.clone())?;
         if let Some(lp) = self.event_loop.as_mut() {
             for (q, evt) in events {
                 let d = dev.clone();

@@ -5,7 +5,11 @@
 //! * **conf1**: PIO 0xcf8 (CONFIG_ADDRESS: enable bit 31, bus 23:16, device 15:11, function
 //!   10:8, register 7:2) and 0xcfc..0xcff (CONFIG_DATA; 1/2/4-byte accesses at any of the four
 //!   ports address register + port offset);
-//! * **ECAM**: the MMIO window at `layout::PCI_ECAM_START`, 4 KiB per function (bus 0 only).
+//! * **ECAM**: the MMIO window at `arch::pci_layout().ecam_start`, 4 KiB per function (bus 0
+//!   only).
+//!
+//! conf1 is an x86 port mechanism: only `arch::x86_64` puts [`Conf1`] on its PIO bus; every
+//! architecture has ECAM.
 //!
 //! Absent functions read as all-ones and ignore writes.
 //!
@@ -16,9 +20,9 @@
 //! on, nowhere otherwise) is compared with where it is on the MMIO bus; a BAR that moved is
 //! taken off the bus, put at its new address (each of its regions a bus range) and the device
 //! is told ([`PciDevice::bar_mapped`]) so that its ioeventfds move too. A place that overlaps
-//! guest RAM, the ECAM window, the in-kernel IOAPIC/LAPIC/MSI range, KVM's TSS pages, or any bus
-//! range (another BAR, the test device) is refused: logged, counted, the BAR decodes nowhere,
-//! the VM runs on.
+//! a range the architecture reserves (guest RAM, the ECAM window, the in-kernel interrupt
+//! controller, KVM's TSS pages on x86) or any bus range (another BAR, the test device) is
+//! refused: logged, counted, the BAR decodes nowhere, the VM runs on.
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_allocator::{AddressAllocator, AllocPolicy, Constraint};
@@ -28,7 +32,7 @@ use super::{
     lock_device, BarKind, BarRegion, ConfigWrite, PciConfig, PciDevice, PciError, PciHeader,
     SharedPciDevice,
 };
-use crate::arch::x86_64::layout;
+use crate::arch::{self, PciLayout, Reserved};
 use crate::bus::{Bus, BusDevice, DeviceEvent};
 
 /// Device numbers on bus 0.
@@ -37,14 +41,6 @@ pub const SLOTS: usize = 32;
 pub const CONF1_PORT: u16 = 0xcf8;
 pub const CONF1_LEN: u64 = 8;
 const CONF1_ENABLE: u32 = 1 << 31;
-
-/// A guest address range `[start, end)` BARs may not overlap, with its name.
-#[derive(Debug, Clone, Copy)]
-struct Reserved {
-    start: u64,
-    end: u64,
-    what: &'static str,
-}
 
 struct Slot {
     dev: SharedPciDevice,
@@ -78,7 +74,9 @@ pub struct PciRoot {
     reserved: Vec<Reserved>,
     slots: Mutex<Vec<Option<Slot>>>,
     windows: Mutex<Windows>,
-    mmio64_start: u64,
+    layout: PciLayout,
+    /// A [`Conf1`] port device exists for this root (x86_64).
+    conf1: std::sync::atomic::AtomicBool,
     stats: Mutex<RootStats>,
 }
 
@@ -106,56 +104,35 @@ impl BusDevice for BarWindow {
 
 impl PciRoot {
     /// Bus 0 for a VM with `mem_size` bytes of RAM, whose BARs live on `mmio`; with the host
-    /// bridge at 00:00.0.
+    /// bridge at 00:00.0. The windows are the architecture's (`arch::pci_layout`).
     pub fn new(mmio: Arc<Bus>, mem_size: u64) -> Result<Arc<PciRoot>, PciError> {
-        let mmio64_start = layout::pci_mmio64_start(mem_size);
+        Self::with_layout(mmio, arch::pci_layout(mem_size))
+    }
+
+    /// Bus 0 with the windows and reserved ranges of `layout`.
+    pub fn with_layout(mmio: Arc<Bus>, layout: PciLayout) -> Result<Arc<PciRoot>, PciError> {
         let window = |base, size| {
             AddressAllocator::new(base, size).map_err(|e| PciError::Window(e.to_string()))
         };
-        let mut reserved: Vec<Reserved> = layout::ram_regions(mem_size)
-            .into_iter()
-            .map(|(start, len)| Reserved {
-                start: start.0,
-                end: start.0 + len as u64,
-                what: "guest RAM",
-            })
-            .collect();
-        reserved.extend([
-            Reserved {
-                start: layout::PCI_ECAM_START,
-                end: layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE,
-                what: "the ECAM window",
-            },
-            Reserved {
-                start: layout::IOAPIC_START,
-                end: layout::IOAPIC_START + 0x1000,
-                what: "the in-kernel IOAPIC",
-            },
-            Reserved {
-                // The LAPIC page and the MSI address range.
-                start: layout::LAPIC_START,
-                end: layout::LAPIC_START + 0x10_0000,
-                what: "the LAPIC/MSI range",
-            },
-            Reserved {
-                start: layout::KVM_IDENTITY_MAP_ADDRESS,
-                end: layout::KVM_TSS_ADDRESS + 3 * 0x1000,
-                what: "KVM's identity map and TSS",
-            },
-        ]);
         let root = Arc::new(PciRoot {
             mmio,
-            reserved,
+            reserved: layout.reserved.clone(),
             slots: Mutex::new((0..SLOTS).map(|_| None).collect()),
             windows: Mutex::new(Windows {
-                mmio32: window(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)?,
-                mmio64: window(mmio64_start, layout::PCI_MMIO64_SIZE)?,
+                mmio32: window(layout.mmio32_start, layout.mmio32_size)?,
+                mmio64: window(layout.mmio64_start, layout.mmio64_size)?,
             }),
-            mmio64_start,
+            layout,
+            conf1: std::sync::atomic::AtomicBool::new(false),
             stats: Mutex::new(RootStats::default()),
         });
         root.add_device_at(0, Arc::new(Mutex::new(HostBridge::new())))?;
         Ok(root)
+    }
+
+    /// The windows this root places BARs in.
+    pub fn layout(&self) -> &PciLayout {
+        &self.layout
     }
 
     pub fn stats(&self) -> RootStats {
@@ -173,13 +150,27 @@ impl PciRoot {
     /// Plugs `dev` into the first free slot; places its BARs and turns memory decode on.
     /// Returns the device number.
     pub fn add_device(&self, dev: SharedPciDevice) -> Result<u8, PciError> {
-        let free = self
-            .slots()
+        let free = self.free_slot().ok_or(PciError::NoSlot)?;
+        self.add_device_at(usize::from(free), dev)?;
+        Ok(free)
+    }
+
+    /// The device number `add_device` would use next (its requester id is known before the
+    /// function is made).
+    pub fn free_slot(&self) -> Option<u8> {
+        self.slots()
             .iter()
             .position(Option::is_none)
-            .ok_or(PciError::NoSlot)?;
-        self.add_device_at(free, dev)?;
-        Ok(free as u8)
+            .map(|n| n as u8)
+    }
+
+    /// Plugs `dev` in as device `slot`, which must be free.
+    pub fn add_device_in(&self, slot: u8, dev: SharedPciDevice) -> Result<(), PciError> {
+        match self.slots().get(usize::from(slot)) {
+            Some(None) => {}
+            _ => return Err(PciError::NoSlot),
+        }
+        self.add_device_at(usize::from(slot), dev)
     }
 
     fn add_device_at(&self, slot: usize, dev: SharedPciDevice) -> Result<(), PciError> {
@@ -357,16 +348,24 @@ impl PciRoot {
 
     /// The PCI part of `--print-map`: windows, functions, BARs and their regions.
     pub fn format_map(&self) -> String {
+        let l = &self.layout;
+        let conf1 = if self.conf1.load(std::sync::atomic::Ordering::Relaxed) {
+            format!(
+                "conf1 pio {:#x}-{:#x}, ",
+                CONF1_PORT,
+                u64::from(CONF1_PORT) + CONF1_LEN - 1
+            )
+        } else {
+            String::new()
+        };
         let mut out = format!(
-            "pci: conf1 pio {:#x}-{:#x}, ecam {:#x}-{:#x} (bus 0), mmio32 window {:#x}-{:#x}, mmio64 window {:#x}-{:#x}\n",
-            CONF1_PORT,
-            u64::from(CONF1_PORT) + CONF1_LEN - 1,
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE - 1,
-            layout::PCI_MMIO32_START,
-            layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE - 1,
-            self.mmio64_start,
-            self.mmio64_start + layout::PCI_MMIO64_SIZE - 1,
+            "pci: {conf1}ecam {:#x}-{:#x} (bus 0), mmio32 window {:#x}-{:#x}, mmio64 window {:#x}-{:#x}\n",
+            l.ecam_start,
+            l.ecam_start + l.ecam_size - 1,
+            l.mmio32_start,
+            l.mmio32_start + l.mmio32_size - 1,
+            l.mmio64_start,
+            l.mmio64_start + l.mmio64_size - 1,
         );
         let slots = self.slots();
         for (n, s) in slots.iter().enumerate() {
@@ -431,6 +430,7 @@ pub struct Conf1 {
 
 impl Conf1 {
     pub fn new(root: Arc<PciRoot>) -> Self {
+        root.conf1.store(true, std::sync::atomic::Ordering::Relaxed);
         Conf1 { root, address: 0 }
     }
 

@@ -17,6 +17,8 @@
 //! ```
 use vm_memory::GuestAddress;
 
+use crate::arch::{PciLayout, Reserved};
+
 pub const BOOT_GDT_START: u64 = 0x500;
 pub const BOOT_IDT_START: u64 = 0x520;
 pub const PVH_INFO_START: u64 = 0x6000;
@@ -111,6 +113,52 @@ pub fn pci_mmio64_start(size: u64) -> u64 {
         .next_multiple_of(PCI_MMIO64_ALIGN)
 }
 
+/// Where PCI lives for `size` bytes of RAM, and what its BARs may not overlap: guest RAM, the
+/// ECAM window, the in-kernel IOAPIC, the LAPIC page with the MSI address range, and KVM's TSS
+/// and identity-map pages.
+pub fn pci_layout(size: u64) -> PciLayout {
+    let mut reserved: Vec<Reserved> = ram_regions(size)
+        .into_iter()
+        .map(|(start, len)| Reserved {
+            start: start.0,
+            end: start.0 + len as u64,
+            what: "guest RAM",
+        })
+        .collect();
+    reserved.extend([
+        Reserved {
+            start: PCI_ECAM_START,
+            end: PCI_ECAM_START + PCI_ECAM_SIZE,
+            what: "the ECAM window",
+        },
+        Reserved {
+            start: IOAPIC_START,
+            end: IOAPIC_START + 0x1000,
+            what: "the in-kernel IOAPIC",
+        },
+        Reserved {
+            // The LAPIC page and the MSI address range.
+            start: LAPIC_START,
+            end: LAPIC_START + 0x10_0000,
+            what: "the LAPIC/MSI range",
+        },
+        Reserved {
+            start: KVM_IDENTITY_MAP_ADDRESS,
+            end: KVM_TSS_ADDRESS + 3 * 0x1000,
+            what: "KVM's identity map and TSS",
+        },
+    ]);
+    PciLayout {
+        ecam_start: PCI_ECAM_START,
+        ecam_size: PCI_ECAM_SIZE,
+        mmio32_start: PCI_MMIO32_START,
+        mmio32_size: PCI_MMIO32_SIZE,
+        mmio64_start: pci_mmio64_start(size),
+        mmio64_size: PCI_MMIO64_SIZE,
+        reserved,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +180,27 @@ mod tests {
             ]
         );
         assert_eq!(ram_end(4 << 30), 0x1_4000_0000);
+    }
+
+    #[test]
+    fn pci_windows_are_clear_of_every_reserved_range() {
+        for size in [256 << 20, 3 << 30, 4 << 30, 6 << 30] {
+            let l = pci_layout(size);
+            let windows = [
+                (l.ecam_start, l.ecam_size, "ecam"),
+                (l.mmio32_start, l.mmio32_size, "mmio32"),
+                (l.mmio64_start, l.mmio64_size, "mmio64"),
+            ];
+            for (start, len, name) in windows {
+                for r in l.reserved.iter().filter(|r| r.what != "the ECAM window") {
+                    assert!(
+                        start + len <= r.start || r.end <= start,
+                        "{name} window overlaps {} with {size:#x} bytes of RAM",
+                        r.what
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const BZIMAGE_MAGIC: [u8; 4] = *b"HdrS";
 const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+/// An arm64 `Image` header's magic ("ARM\x64" at byte 56): refused with a clear message.
+const ARM64_MAGIC: [u8; 4] = *b"ARM\x64";
+const ARM64_MAGIC_OFFSET: u64 = 56;
 const PAGE_SIZE: u64 = 4096;
 /// `initrd_addr_max` of boot protocols older than 2.03.
 const OLD_INITRD_ADDR_MAX: u32 = 0x37ff_ffff;
@@ -40,6 +43,8 @@ pub struct LoadedKernel {
 pub enum KernelFormat {
     Elf,
     BzImage,
+    /// An arm64 Linux `Image`: not for this architecture.
+    Arm64Image,
     Unknown,
 }
 
@@ -53,6 +58,10 @@ pub fn sniff<R: Read + Seek>(image: &mut R) -> std::io::Result<KernelFormat> {
     image.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET))?;
     if read_full(image, &mut magic)? && magic == BZIMAGE_MAGIC {
         return Ok(KernelFormat::BzImage);
+    }
+    image.seek(SeekFrom::Start(ARM64_MAGIC_OFFSET))?;
+    if read_full(image, &mut magic)? && magic == ARM64_MAGIC {
+        return Ok(KernelFormat::Arm64Image);
     }
     Ok(KernelFormat::Unknown)
 }
@@ -91,6 +100,7 @@ pub fn load_file(
             })
         }
         KernelFormat::BzImage => load_bzimage(mem, file, mem_size),
+        KernelFormat::Arm64Image => Err(ArchError::WrongArch),
         KernelFormat::Unknown => Err(ArchError::UnknownKernelFormat),
     }
 }

@@ -12,23 +12,42 @@
 pub mod acpi;
 pub mod bootparams;
 pub mod cpuid;
+pub mod devices;
+pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod regs;
+pub mod report;
+pub mod seccomp;
 
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
 
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+pub use self::devices::{attach_pci, register_devices};
+pub use self::irq::{default_gsi_routes, LEGACY_GSIS};
+pub use self::layout::{pci_layout, ram_regions};
+pub use self::report::vcpu_report;
+pub use crate::arch::{BootConfig, KernelSource};
+
+/// The architecture's name, for messages.
+pub const NAME: &str = "x86_64";
+
+/// The most vCPUs a VM may have (APIC ids fit the xAPIC MADT entries).
+pub const MAX_VCPUS: u8 = 64;
 
 /// Errors of the boot code. Each message is one line, fit for the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchError {
     #[error("kernel image is neither a bzImage nor an ELF vmlinux")]
     UnknownKernelFormat,
+    #[error("the kernel is an arm64 Image: this trapvisor runs x86_64 guests (give it a bzImage or an ELF vmlinux)")]
+    WrongArch,
     #[error("reading the kernel image failed: {0}")]
     KernelRead(std::io::Error),
     #[error("loading the {format} kernel failed: {reason}")]
@@ -104,29 +123,57 @@ pub enum BootEntry {
     RealMode { cs: u16, ip: u16 },
 }
 
-/// What the guest boots.
-pub enum KernelSource<'a> {
-    /// A bzImage or ELF vmlinux (PVH note required for ELF) from a file.
-    File(&'a mut File),
-    /// An ELF with a PVH note held in memory (the built-in guest).
-    PvhElf(&'a [u8]),
-    /// A flat real-mode image copied to `load_addr` and started at `cs:ip`.
-    RealMode {
-        image: &'a [u8],
-        load_addr: u64,
-        cs: u16,
-        ip: u16,
-    },
+/// After the RAM slots, before any vCPU: KVM's TSS and identity-map pages, the in-kernel
+/// irqchip (IOAPIC, PIC, and a local APIC per vCPU created later) and the PIT.
+pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    // The irqchip after the memory slots: on some hosts (this PVM one: 7-11 ms) the first
+    // memslot change after KVM_CREATE_IRQCHIP is slow, and here there is none.
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(())
 }
 
-/// Everything the loader needs besides guest memory.
-pub struct BootConfig<'a> {
-    pub kernel: KernelSource<'a>,
-    pub initrd: Option<&'a mut File>,
-    pub cmdline: &'a str,
-    /// Total guest RAM in bytes (see `layout::ram_regions`).
-    pub mem_size: u64,
+/// What the boot tables describe of the vCPUs and the interrupt controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
     pub nr_cpus: u8,
+}
+
+impl Machine {
+    /// A machine of `nr_cpus` vCPUs (APIC ids 0..nr_cpus).
+    pub fn new(nr_cpus: u8) -> Self {
+        Machine { nr_cpus }
+    }
+
+    /// Whether MSI messages need the sender's device id. x86 KVM has no KVM_CAP_MSI_DEVID.
+    pub fn msi_devid(&self) -> bool {
+        false
+    }
+
+    /// Lines for `--print-map`: the interrupt controller and boot tables outside the buses
+    /// (none are listed on x86_64: the IOAPIC and LAPIC ranges show as reserved).
+    pub fn map_lines(&self) -> Vec<crate::arch::MapLine> {
+        Vec::new()
+    }
+}
+
+/// After every vCPU exists. On x86_64 the irqchip was made by [`setup_vm`] and each vCPU got
+/// its local APIC when it was created: nothing is left to do.
+pub fn setup_vcpus(_kvm: &Kvm, _vm: &VmFd, vcpus: &[VcpuFd]) -> Result<Machine, ArchError> {
+    let nr_cpus = u8::try_from(vcpus.len()).map_err(|_| ArchError::VcpuId {
+        id: u8::MAX,
+        nr_cpus: MAX_VCPUS,
+    })?;
+    Ok(Machine::new(nr_cpus))
 }
 
 /// Loads the kernel (and initrd, command line), writes the boot tables the protocol needs
@@ -135,19 +182,20 @@ pub struct BootConfig<'a> {
 ///
 /// An ELF from a file boots through PVH when it has the PVH note, else through the Linux 64-bit
 /// protocol at its entry point; a bzImage boots through the 64-bit protocol at load address +
-/// 0x200. Real-mode images get the command line and ACPI tables too (the tables only when RAM
+/// 0x200. The built-in guest is an ELF with the PVH note. Real-mode images get the command line and ACPI tables too (the tables only when RAM
 /// reaches past them); the image is copied last, so it may overwrite either.
 pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEntry, ArchError> {
-    if cfg.nr_cpus == 0 {
-        return Err(ArchError::NoVcpus);
-    }
     let BootConfig {
         kernel,
         initrd,
         cmdline,
         mem_size,
-        nr_cpus,
+        machine,
     } = cfg;
+    let nr_cpus = machine.nr_cpus;
+    if nr_cpus == 0 {
+        return Err(ArchError::NoVcpus);
+    }
 
     // Checked before anything is written, so a bad command line fails fast.
     let cmdline_size = loader::check_cmdline(cmdline)?;
@@ -185,7 +233,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
                 nr_cpus,
             )
         }
-        KernelSource::PvhElf(bytes) => {
+        KernelSource::Builtin(bytes) => {
             let kernel = loader::load_pvh_elf(mem, bytes)?;
             finish_load(
                 mem,

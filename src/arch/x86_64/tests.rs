@@ -114,7 +114,7 @@ fn boot(
             initrd,
             cmdline,
             mem_size: mem.iter().map(|r| r.len()).sum(),
-            nr_cpus: 2,
+            machine: &Machine::new(2),
         },
     )
 }
@@ -140,7 +140,7 @@ fn pvh_elf_from_memory() {
     let mut initrd = file_with(&[0xab; 5000]);
     let entry = boot(
         &mem,
-        KernelSource::PvhElf(&image),
+        KernelSource::Builtin(&image),
         Some(&mut initrd),
         "console=ttyS0",
     )
@@ -193,9 +193,9 @@ fn pvh_elf_from_memory() {
 fn pvh_elf_without_note_is_refused() {
     let mem = guest_mem(16 << 20);
     let image = elf(0x10_0000, 0x10_0000, &[0xf4; 16], None);
-    let err = boot(&mem, KernelSource::PvhElf(&image), None, "").unwrap_err();
+    let err = boot(&mem, KernelSource::Builtin(&image), None, "").unwrap_err();
     assert!(matches!(err, ArchError::NoPvhNote), "{err}");
-    let err = boot(&mem, KernelSource::PvhElf(b"MZ not an elf"), None, "").unwrap_err();
+    let err = boot(&mem, KernelSource::Builtin(b"MZ not an elf"), None, "").unwrap_err();
     assert!(matches!(err, ArchError::KernelLoad { .. }), "{err}");
 }
 
@@ -311,6 +311,22 @@ fn bzimage_without_64bit_entry_is_refused() {
 }
 
 #[test]
+fn arm64_image_is_refused_naming_both_architectures() {
+    let mut image = vec![0u8; 4096];
+    image[0..2].copy_from_slice(b"MZ");
+    image[56..60].copy_from_slice(b"ARM\x64");
+    let mem = guest_mem(16 << 20);
+    let err = boot(&mem, KernelSource::File(&mut file_with(&image)), None, "").unwrap_err();
+    assert!(matches!(err, ArchError::WrongArch), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("arm64 Image") && text.contains("x86_64"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1);
+}
+
+#[test]
 fn garbage_kernel_is_neither_format() {
     let mem = guest_mem(16 << 20);
     for junk in [&[0x42u8; 8192][..], b"", b"\x7fEL"] {
@@ -356,7 +372,7 @@ fn cmdline_too_long_is_refused_before_loading() {
     let mem = guest_mem(16 << 20);
     let image = elf(0x10_0000, 0x10_0000, &[0xf4; 16], Some(0x10_0000));
     let long = "a".repeat(3000);
-    let err = boot(&mem, KernelSource::PvhElf(&image), None, &long).unwrap_err();
+    let err = boot(&mem, KernelSource::Builtin(&image), None, &long).unwrap_err();
     assert_eq!(
         err.to_string(),
         "kernel command line is 3001 bytes with its NUL; the limit is 2048"
@@ -374,7 +390,7 @@ fn initrd_too_large_is_refused() {
     let image = elf(0x10_0000, 0x10_0000, &[0xf4; 0x1000], Some(0x10_0000));
     // 3 MiB above a kernel ending at 1 MiB + 4 KiB in 4 MiB of RAM: 4 KiB short.
     let mut initrd = file_with(&vec![0u8; 3 << 20]);
-    let err = boot(&mem, KernelSource::PvhElf(&image), Some(&mut initrd), "").unwrap_err();
+    let err = boot(&mem, KernelSource::Builtin(&image), Some(&mut initrd), "").unwrap_err();
     assert_eq!(
         err.to_string(),
         "initrd (3145728 bytes) does not fit in guest RAM (3141632 bytes free between the kernel and 0x400000)"
@@ -449,7 +465,7 @@ fn no_vcpus_is_refused() {
             initrd: None,
             cmdline: "",
             mem_size: 1 << 20,
-            nr_cpus: 0,
+            machine: &Machine::new(0),
         },
     )
     .unwrap_err();

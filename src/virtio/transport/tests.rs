@@ -214,6 +214,7 @@ fn msg(data: u32) -> MsiMessage {
     MsiMessage {
         address: 0xfee0_0000,
         data,
+        devid: 0,
     }
 }
 
@@ -670,7 +671,7 @@ fn bar_moves_move_the_ioeventfds() {
     ));
     let slot = root.add_device(dev.clone()).unwrap();
     let base = root.bar_mapping(slot, 0).unwrap();
-    assert_eq!(base, crate::arch::x86_64::layout::PCI_MMIO32_START);
+    assert_eq!(base, root.layout().mmio32_start);
     let regions: Vec<String> = mmio.map().into_iter().map(|e| e.region).collect();
     for r in [
         "common",

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const CR0_PG: u64 = 1 << 31;
@@ -38,6 +39,13 @@ pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, linear: u64) -> Optio
         table = entry & ADDR_MASK;
     }
     None
+}
+
+/// The report for vCPU `id`, which stopped because of `why`: its registers read from KVM now.
+pub fn vcpu_report(fd: &VcpuFd, id: u8, why: &str, mem: &GuestMemoryMmap) -> String {
+    let regs = fd.get_regs().ok();
+    let sregs = fd.get_sregs().ok();
+    format_report(id, why, regs.as_ref(), sregs.as_ref(), mem)
 }
 
 /// Formats the register report. `regs`/`sregs` are `None` when KVM could not return them.

@@ -1,39 +1,41 @@
-//! The legacy and platform device set every VM has, registered on its buses.
+//! The platform devices every x86_64 VM has, registered on its buses: COM1, the i8042, the
+//! debug-exit port, the test device (PIO window and MMIO page), the ACPI PM registers and
+//! pvpanic on ports; PCI conf1 at 0xcf8.
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use vm_superio::Trigger;
 
-use super::acpi_pm::AcpiPm;
-use super::i8042::I8042;
-use super::pvpanic::PvPanic;
-use super::serial::SerialDevice;
-use super::testdev::{self, DebugExit, TestDev};
-use crate::arch::x86_64::layout;
+use super::layout;
 use crate::bus::{Bus, BusError, SharedDevice};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::i8042::I8042;
+use crate::devices::pvpanic::PvPanic;
+use crate::devices::serial::SerialDevice;
+use crate::devices::testdev::{self, DebugExit, TestDev};
+use crate::devices::PlatformDevices;
+use crate::pci::root::{Conf1, PciRoot, CONF1_LEN, CONF1_PORT};
 
-/// Handles to the devices the VMM talks to after registration.
-pub struct LegacyDevices<T: Trigger> {
-    pub serial: Arc<Mutex<SerialDevice<T>>>,
-    pub testdev: Arc<Mutex<TestDev>>,
-}
-
-/// Registers COM1, the i8042, the debug-exit port, the test device (PIO window and MMIO page),
-/// the ACPI PM registers and pvpanic. `console` receives serial and test-device output;
-/// `kbd_irq` is the i8042's keyboard interrupt (IRQ 1).
-pub fn register<T>(
+/// Registers COM1, the i8042, the debug-exit port, the test device, the ACPI PM registers and
+/// pvpanic. `irq(n)` makes the trigger of legacy IRQ `n` (4: COM1, 1: the i8042's keyboard);
+/// `console` receives serial output, `testdev_console` the test device's.
+pub fn register_devices<T, E>(
     pio: &Bus,
     mmio: &Bus,
-    serial_irq: T,
-    kbd_irq: T,
+    mut irq: impl FnMut(u32) -> Result<T, E>,
     console: Box<dyn Write + Send>,
     testdev_console: Box<dyn Write + Send>,
-) -> Result<LegacyDevices<T>, BusError>
+) -> Result<PlatformDevices<T>, E>
 where
     T: Trigger + Send + 'static,
     T::E: std::fmt::Debug,
+    E: From<BusError>,
 {
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq(layout::COM1_IRQ)?,
+        console,
+    )));
+    let kbd_irq = irq(layout::I8042_KBD_IRQ)?;
     let testdev = Arc::new(Mutex::new(TestDev::new(testdev_console)));
     let serial_dev: SharedDevice = serial.clone();
     let testdev_dev: SharedDevice = testdev.clone();
@@ -84,5 +86,17 @@ where
         "exit+sink+console",
         testdev_dev,
     )?;
-    Ok(LegacyDevices { serial, testdev })
+    Ok(PlatformDevices { serial, testdev })
+}
+
+/// The PCI root's port access: conf1 at 0xcf8/0xcfc on the PIO bus (ECAM is common to all
+/// architectures and registered by `pci::platform`).
+pub fn attach_pci(pio: &Bus, root: &Arc<PciRoot>) -> Result<(), BusError> {
+    pio.insert(
+        CONF1_PORT.into(),
+        CONF1_LEN,
+        "pci-conf1",
+        "config-address+data",
+        Arc::new(Mutex::new(Conf1::new(root.clone()))),
+    )
 }
