@@ -18,5 +18,6 @@ pub mod net;
 pub mod pci;
 pub mod seccomp;
 pub mod trace;
+pub mod userfile;
 pub mod virtio;
 pub mod vmm;

@@ -1,5 +1,4 @@
 //! Putting a VM together: RAM, buses, devices, the kernel, vCPUs; running it until it stops.
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -19,6 +18,7 @@ use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::kstats::KernelStats;
 use crate::trace::timeline::Timeline;
+use crate::userfile::{self, FileError, Role};
 use crate::virtio::rng::{Rng, RngConfig};
 
 /// The most vCPUs a VM may have (the architecture's limit).
@@ -32,10 +32,8 @@ pub enum VmmError {
     Boot(#[from] ArchError),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("cannot open kernel {path}: {err}")]
-    Kernel { path: PathBuf, err: io::Error },
-    #[error("cannot open initrd {path}: {err}")]
-    Initrd { path: PathBuf, err: io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
     Cpus(u32),
     #[error("{what}: {err}")]
@@ -146,17 +144,11 @@ impl Vmm {
         let nr_cpus = cfg.cpus as u8;
         // Open the files first: a bad path is reported before any VM exists.
         let mut kernel_file = match &cfg.kernel {
-            Kernel::File(path) => Some(File::open(path).map_err(|err| VmmError::Kernel {
-                path: path.clone(),
-                err,
-            })?),
+            Kernel::File(path) => Some(userfile::open(path, Role::Kernel)?.file),
             _ => None,
         };
         let mut initrd_file = match &cfg.initrd {
-            Some(path) => Some(File::open(path).map_err(|err| VmmError::Initrd {
-                path: path.clone(),
-                err,
-            })?),
+            Some(path) => Some(userfile::open(path, Role::Initrd)?.file),
             None => None,
         };
 

@@ -20,8 +20,67 @@ fn missing_kernel() {
 #[test]
 fn unreadable_kernel_is_a_directory() {
     let out = run(&["run", "--kernel", "/"]);
-    assert_eq!(out.code, Some(2), "{}", out.dump());
-    assert_eq!(out.stderr.lines().count(), 1, "{}", out.dump());
+    assert_usage_error(&out, "kernel / is a directory");
+}
+
+#[test]
+fn initrd_that_is_a_directory() {
+    let out = run(&["run", "--initrd", "/"]);
+    assert_usage_error(&out, "initrd / is a directory");
+    assert!(
+        !out.stderr.contains("9223372036854775807"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn kernel_or_initrd_that_is_not_a_file() {
+    let out = run(&["run", "--kernel", "/dev/null"]);
+    assert_usage_error(&out, "not a regular file or a block device");
+    let out = run(&["run", "--initrd", "/dev/zero"]);
+    assert_usage_error(&out, "initrd /dev/zero is not a regular file");
+}
+
+#[test]
+fn empty_kernel() {
+    let dir = scratch("emptykernel");
+    let k = dir.join("kernel");
+    std::fs::write(&k, b"").unwrap();
+    let out = run(&["run", "--kernel", k.to_str().unwrap()]);
+    assert_usage_error(&out, "is empty");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A bzImage whose setup header claims 3 MiB of protected-mode code behind a file of 64 KiB
+/// (as the first bytes of a real one would be).
+#[test]
+fn truncated_bzimage() {
+    let dir = scratch("truncbz");
+    let k = dir.join("bzImage");
+    let mut img = vec![0u8; 64 << 10];
+    img[0x1f1] = 27;
+    img[0x1f4..0x1f8].copy_from_slice(&((3u32 << 20) / 16).to_le_bytes());
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    std::fs::write(&k, &img).unwrap();
+    let out = run(&["run", "--kernel", k.to_str().unwrap()]);
+    assert_usage_error(
+        &out,
+        "bzImage kernel is truncated: the file has 65536 bytes",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn truncated_elf() {
+    let dir = scratch("truncelf");
+    let k = dir.join("guest.elf");
+    let img = trapvisor::guest::GUEST_ELF;
+    std::fs::write(&k, &img[..img.len() / 2]).unwrap();
+    let out = run(&["run", "--kernel", k.to_str().unwrap()]);
+    assert_usage_error(&out, "ELF kernel is truncated");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -75,13 +75,88 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<bool> {
     }
 }
 
+/// The bytes a bzImage must have by its setup header: the setup sectors (`setup_sects`, 0
+/// meaning 4) plus the boot sector, then `syssize` 16-byte paragraphs of protected-mode code.
+pub fn bzimage_expected_size(header: &[u8]) -> Option<u64> {
+    let setup_sects = match *header.get(0x1f1)? {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let syssize = u32::from_le_bytes(header.get(0x1f4..0x1f8)?.try_into().ok()?);
+    Some((setup_sects + 1) * 512 + u64::from(syssize) * 16)
+}
+
+/// The bytes a 64-bit ELF must have: the end of its program headers and of every segment's
+/// file contents (None when the header is not a 64-bit little-endian ELF's).
+pub fn elf_expected_size<R: Read + Seek>(image: &mut R) -> std::io::Result<Option<u64>> {
+    let mut eh = [0u8; 64];
+    image.seek(SeekFrom::Start(0))?;
+    if !read_full(image, &mut eh)? || eh[4] != 2 || eh[5] != 1 {
+        return Ok(None);
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let phoff = u64_at(&eh, 0x20);
+    let (phentsize, phnum) = (u64::from(u16_at(&eh, 0x36)), u64::from(u16_at(&eh, 0x38)));
+    if phentsize < 56 {
+        return Ok(None);
+    }
+    let mut need = phoff.saturating_add(phentsize * phnum);
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        image.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
+        if !read_full(image, &mut ph)? {
+            break;
+        }
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != 0 {
+            need = need.max(u64_at(&ph, 8).saturating_add(u64_at(&ph, 0x20)));
+        }
+    }
+    Ok(Some(need))
+}
+
+/// Checks the file holds as many bytes as its header says it does.
+fn check_size(file: &mut File, format: KernelFormat) -> Result<(), ArchError> {
+    let size = file.seek(SeekFrom::End(0)).map_err(ArchError::KernelRead)?;
+    let (name, expected) = match format {
+        KernelFormat::BzImage => {
+            let mut hdr = [0u8; 0x200];
+            file.seek(SeekFrom::Start(0))
+                .map_err(ArchError::KernelRead)?;
+            if !read_full(file, &mut hdr).map_err(ArchError::KernelRead)? {
+                return Err(ArchError::KernelTruncated {
+                    format: "bzImage",
+                    size,
+                    expected: 0x200,
+                });
+            }
+            ("bzImage", bzimage_expected_size(&hdr))
+        }
+        KernelFormat::Elf => (
+            "ELF",
+            elf_expected_size(file).map_err(ArchError::KernelRead)?,
+        ),
+        KernelFormat::Unknown | KernelFormat::Arm64Image => return Ok(()),
+    };
+    match expected {
+        Some(expected) if size < expected => Err(ArchError::KernelTruncated {
+            format: name,
+            size,
+            expected,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Loads a bzImage or an ELF from `file`.
 pub fn load_file(
     mem: &GuestMemoryMmap,
     file: &mut File,
     mem_size: u64,
 ) -> Result<LoadedKernel, ArchError> {
-    match sniff(file).map_err(ArchError::KernelRead)? {
+    let format = sniff(file).map_err(ArchError::KernelRead)?;
+    check_size(file, format)?;
+    match format {
         KernelFormat::Elf => {
             let res = load_elf(mem, file)?;
             Ok(match res.pvh_boot_cap {
@@ -342,6 +417,30 @@ mod tests {
             KernelFormat::Unknown
         );
         assert_eq!(sniff(&mut Cursor::new(b"")).unwrap(), KernelFormat::Unknown);
+    }
+
+    #[test]
+    fn header_sizes() {
+        let mut bz = vec![0u8; 0x200];
+        bz[0x1f1] = 27;
+        bz[0x1f4..0x1f8].copy_from_slice(&0x1000u32.to_le_bytes());
+        assert_eq!(bzimage_expected_size(&bz), Some(28 * 512 + 0x10000));
+        bz[0x1f1] = 0;
+        assert_eq!(bzimage_expected_size(&bz), Some(5 * 512 + 0x10000));
+        assert_eq!(bzimage_expected_size(&bz[..0x1f2]), None);
+        // The built-in guest is a complete ELF: it needs exactly what it has, or less.
+        let img = crate::guest::GUEST_ELF;
+        let need = elf_expected_size(&mut Cursor::new(img)).unwrap().unwrap();
+        assert!(need <= img.len() as u64 && need > 4096, "{need}");
+        let cut = &img[..need as usize - 1];
+        assert_eq!(
+            elf_expected_size(&mut Cursor::new(cut)).unwrap(),
+            Some(need)
+        );
+        assert_eq!(
+            elf_expected_size(&mut Cursor::new(b"\x7fELF")).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub enum ArchError {
     WrongArch,
     #[error("reading the kernel image failed: {0}")]
     KernelRead(std::io::Error),
+    #[error(
+        "the {format} kernel is truncated: the file has {size} bytes, its header says {expected}"
+    )]
+    KernelTruncated {
+        format: &'static str,
+        size: u64,
+        expected: u64,
+    },
     #[error("loading the {format} kernel failed: {reason}")]
     KernelLoad {
         format: &'static str,
