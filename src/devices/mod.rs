@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 pub mod acpi_pm;
 pub mod i8042;
 pub mod pvpanic;
+pub mod rtc;
 pub mod serial;
 pub mod testdev;
 

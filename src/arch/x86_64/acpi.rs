@@ -4,7 +4,7 @@
 //! - FADT: HW_REDUCED_ACPI; the sleep control and status registers are one byte at
 //!   `ACPI_SLEEP_CONTROL_PORT` (the guest writes `(S5_SLEEP_TYPE << 2) | SLP_EN` = 0x34 to power
 //!   off), the reset register one byte at `ACPI_RESET_PORT` (value `RESET_VALUE`). Boot flags:
-//!   i8042 present, no VGA, no CMOS RTC.
+//!   i8042 present, no VGA (a CMOS RTC is present); `century` = CMOS register 0x32.
 //! - MADT: one enabled local APIC per vCPU (APIC id = vCPU index), the IOAPIC at
 //!   `IOAPIC_START` (id 0, GSI base 0), IRQ0 → GSI 2, LINT1 = NMI on every CPU; PCAT_COMPAT
 //!   (the in-kernel irqchip has the 8259s).
@@ -12,7 +12,7 @@
 //! - DSDT: `\_S5_`, COM1 (PNP0501, IRQ 4), the i8042 keyboard controller `PS2K` (PNP0303,
 //!   ports 0x60 and 0x64, IRQ 1: a hardware-reduced platform maps no legacy IRQs, so Linux's
 //!   i8042 driver finds its ports and interrupt only through PNP), pvpanic `PEVT` (QEMU0001,
-//!   port 0x505), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
+//!   port 0x505), the CMOS RTC `RTC_` (PNP0B00, ports 0x70-0x71, IRQ 8), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
 //!   and 64-bit BAR windows of `layout`) and a motherboard resource (PNP0C02) reserving the ECAM
 //!   window.
 use acpi_tables::aml::{
@@ -32,7 +32,7 @@ use super::layout::{
     self, ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT, ACPI_TABLES_START, COM1_IRQ, COM1_PORT,
     HIGH_RAM_START, I8042_CMD_PORT, I8042_DATA_PORT, I8042_KBD_IRQ, IOAPIC_START, LAPIC_START,
     PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_MMIO64_SIZE,
-    PVPANIC_PORT, RSDP_START,
+    PVPANIC_PORT, RSDP_START, RTC_IRQ, RTC_PORT,
 };
 use super::{mem_err, ArchError};
 
@@ -42,8 +42,11 @@ const OEM_REVISION: u32 = 1;
 pub const S5_SLEEP_TYPE: u8 = 5;
 /// The FADT's RESET_VALUE, written to `ACPI_RESET_PORT`.
 pub const RESET_VALUE: u8 = 1;
-/// FADT IAPC_BOOT_ARCH: 8042 present (bit 1), VGA not present (2), CMOS RTC not present (5).
-pub const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2) | (1 << 5);
+/// FADT IAPC_BOOT_ARCH: 8042 present (bit 1), VGA not present (2); bit 5 (CMOS RTC not
+/// present) clear: Linux reads the wall clock from the RTC at boot.
+pub const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2);
+/// FADT century: the CMOS register holding the century (`devices::rtc::REG_CENTURY`).
+pub const FADT_CENTURY: u8 = 0x32;
 /// MADT flags: PCAT_COMPAT (dual 8259s present).
 const MADT_PCAT_COMPAT: u32 = 1;
 const MADT_LOCAL_APIC: u8 = 0;
@@ -131,6 +134,21 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
         ],
     ));
 
+    // The CMOS RTC, as PCs describe it: Linux's rtc_cmos binds PNP0B00.
+    let rtc_io = IO::new(RTC_PORT, RTC_PORT, 1, 2);
+    let rtc_irq = Interrupt::new(true, true, false, false, RTC_IRQ);
+    let rtc = aml_bytes(&Device::new(
+        "RTC_".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0B00")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&rtc_io, &rtc_irq]),
+            ),
+        ],
+    ));
+
     let mmio64_start = layout::pci_mmio64_start(mem_size);
     let buses = AddressSpace::<u16>::new_bus_number(0, 0);
     let cfg_ports = IO::new(0xcf8, 0xcf8, 1, 8);
@@ -178,7 +196,10 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
         ],
     ));
 
-    let sb = Scope::raw("\\_SB_".into(), [com1, ps2k, pevt, pci0, mbrd].concat());
+    let sb = Scope::raw(
+        "\\_SB_".into(),
+        [com1, ps2k, pevt, rtc, pci0, mbrd].concat(),
+    );
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, table_id(b"DSDT"), OEM_REVISION);
     table.append_slice(&aml_bytes(&s5));
     table.append_slice(&sb);
@@ -207,6 +228,7 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     fadt.sleep_control_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    fadt.century = FADT_CENTURY;
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"TRAPVISR").into();
     aml_bytes(&fadt.finalize())
 }

@@ -71,6 +71,9 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_CMD_PORT: u16 = 0x64;
 /// The i8042's keyboard interrupt (ISA IRQ 1: IOAPIC pin 1, as the DSDT's PS2K says).
 pub const I8042_KBD_IRQ: u32 = 1;
+/// The CMOS RTC (MC146818): index and data ports, ISA IRQ 8.
+pub const RTC_PORT: u16 = 0x70;
+pub const RTC_IRQ: u32 = 8;
 /// pvpanic (QEMU's ISA `pvpanic` device, ACPI `QEMU0001`): one byte.
 pub const PVPANIC_PORT: u16 = 0x505;
 /// Debug-exit port (same place as QEMU's usual `isa-debug-exit,iobase=0xf4`).

@@ -349,7 +349,11 @@ fn truncated_elf_is_reported() {
         let err = boot(&mem, KernelSource::File(&mut f), None, "").unwrap_err();
         let text = err.to_string();
         assert!(
-            matches!(err, ArchError::KernelLoad { format: "ELF", .. }),
+            matches!(
+                err,
+                ArchError::KernelLoad { format: "ELF", .. }
+                    | ArchError::KernelTruncated { format: "ELF", .. }
+            ),
             "{text}"
         );
         assert!(text.contains("truncated"), "{text}");
