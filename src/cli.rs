@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::block::DiskConfig;
 use crate::net::NetConfig;
 use crate::virtio::rng::RngConfig;
 
@@ -91,6 +92,12 @@ pub struct RunArgs {
     /// thread each), notify=ioeventfd|exit, irq=irqfd|msi, offload=on|off.
     #[arg(long, value_name = "tap=NAME[,OPTIONS]")]
     pub net: Vec<NetConfig>,
+    /// Add a virtio-blk (PCI) on a raw image file or block device; repeat for more disks.
+    /// Options: path=IMG (required), readonly=on, direct=on (O_DIRECT), queues=N (a worker
+    /// and an io_uring each), serial=STR (GET_ID, up to 20 characters), engine=uring|pool
+    /// (default: io_uring, the thread pool if the kernel refuses it), notify=, irq=.
+    #[arg(long, value_name = "path=IMG[,OPTIONS]")]
+    pub disk: Vec<DiskConfig>,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +366,28 @@ mod tests {
         }
         // --net needs a value.
         assert!(Cli::try_parse_from(["trapvisor", "run", "--net"]).is_err());
+    }
+
+    #[test]
+    fn disk_option() {
+        let cli = Cli::try_parse_from([
+            "trapvisor",
+            "run",
+            "--disk",
+            "path=/a.img",
+            "--disk=path=/b.img,readonly=on,queues=2",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.disk.len(), 2);
+        assert_eq!(a.disk[0], DiskConfig::new("/a.img"));
+        assert!(a.disk[1].readonly && a.disk[1].queues == 2);
+        for bad in ["", "readonly=on", "path=/a,queues=0", "path=/a,bogus=1"] {
+            let r = Cli::try_parse_from(["trapvisor", "run", "--disk", bad]);
+            assert!(r.is_err(), "--disk {bad} parsed");
+        }
     }
 
     #[test]

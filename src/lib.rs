@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod block;
 pub mod bus;
 pub mod cli;
 pub mod console;

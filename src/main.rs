@@ -81,6 +81,7 @@ fn run(args: RunArgs) -> ExitCode {
         "initrd": args.initrd.as_ref().map(|p| p.display().to_string()),
         "cmdline": args.cmdline,
         "net": args.net.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "disks": args.disk.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
     });
     let cfg = VmConfig {
         kernel: args.kernel.map_or(Kernel::Builtin, Kernel::File),
@@ -91,6 +92,7 @@ fn run(args: RunArgs) -> ExitCode {
         console: Box::new(std::io::stdout()),
         rng: args.rng,
         net: args.net,
+        disks: args.disk,
     };
     let mut vmm = match Vmm::new(cfg) {
         Ok(v) => v,

@@ -52,6 +52,10 @@ pub enum ThreadKind {
     Vcpu,
     /// The event loop and queue workers: eventfds, epoll, TAP reads and writes, interrupts.
     Worker,
+    /// A disk queue's worker: eventfds, epoll, io_uring submissions, interrupts.
+    BlockWorker,
+    /// A disk's thread-pool helpers (no io_uring): blocking reads, writes, syncs, fallocate.
+    BlockIo,
     /// The API server and its connection threads.
     Api,
     /// The main thread once the VM runs: waits, kicks vCPUs, stops and reports.
@@ -109,6 +113,21 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
             libc::SYS_ppoll,
+        ],
+        ThreadKind::BlockWorker => &[
+            libc::SYS_ioctl, // KVM_SIGNAL_MSI (irq=msi)
+            libc::SYS_read,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_io_uring_enter,
+        ],
+        ThreadKind::BlockIo => &[
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_preadv2,
+            libc::SYS_pwritev2,
+            libc::SYS_fdatasync,
+            libc::SYS_fallocate,
         ],
         ThreadKind::Api => &[
             libc::SYS_accept4,
@@ -254,6 +273,8 @@ mod tests {
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::Worker,
+            ThreadKind::BlockWorker,
+            ThreadKind::BlockIo,
             ThreadKind::Api,
             ThreadKind::Main,
         ] {
@@ -263,6 +284,25 @@ mod tests {
             let a = allowed(kind);
             for needed in [libc::SYS_write, libc::SYS_prctl, libc::SYS_exit_group] {
                 assert!(a.contains(&needed), "{kind:?} lacks {needed}");
+            }
+        }
+        // Only a disk worker enters io_uring, and it cannot set one up or register with it.
+        for kind in [ThreadKind::Vcpu, ThreadKind::Worker, ThreadKind::BlockIo] {
+            assert!(
+                !allowed(kind).contains(&libc::SYS_io_uring_enter),
+                "{kind:?}"
+            );
+        }
+        for kind in [ThreadKind::BlockWorker, ThreadKind::BlockIo] {
+            let a = allowed(kind);
+            for forbidden in [
+                libc::SYS_io_uring_setup,
+                libc::SYS_io_uring_register,
+                libc::SYS_openat,
+                libc::SYS_clone,
+                libc::SYS_socket,
+            ] {
+                assert!(!a.contains(&forbidden), "{kind:?} allows {forbidden}");
             }
         }
         // The vCPU thread cannot open files, make sockets or start processes.

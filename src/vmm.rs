@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::arch::{self, ArchError, BootConfig, BootEntry, KernelSource};
+use crate::block::{Blk, BlkError, BlkHandle, DiskConfig};
 use crate::bus::{format_map, Bus, BusError, BusKind};
 use crate::devices::serial::{IrqFdTrigger, SerialDevice};
 use crate::devices::testdev::TestDev;
@@ -42,6 +43,8 @@ pub enum VmmError {
     Pci(#[from] PlatformError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Blk(#[from] BlkError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
@@ -77,6 +80,8 @@ pub struct VmConfig {
     pub rng: Option<RngConfig>,
     /// virtio-net devices on PCI, one per TAP (`--net`).
     pub net: Vec<NetConfig>,
+    /// virtio-blk devices on PCI, one per image (`--disk`).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -91,6 +96,7 @@ impl VmConfig {
             console: Box::new(io::stdout()),
             rng: None,
             net: Vec::new(),
+            disks: Vec::new(),
         }
     }
 }
@@ -115,6 +121,8 @@ pub struct Vmm {
     pci: PciPlatform,
     /// The virtio-net devices' worker threads (started and joined with the VM).
     nets: Vec<NetHandle>,
+    /// The virtio-blk devices' worker threads (likewise).
+    disks: Vec<BlkHandle>,
     vm: Vm,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -142,7 +150,12 @@ impl Vmm {
             return Err(VmmError::Cpus(cfg.cpus));
         }
         let nr_cpus = cfg.cpus as u8;
-        // Open the files first: a bad path is reported before any VM exists.
+        // Open the files first: a bad path is reported before any VM exists. Disks are opened
+        // and locked here too.
+        let mut blks = Vec::new();
+        for d in &cfg.disks {
+            blks.push((Blk::new(d)?, d.transport));
+        }
         let mut kernel_file = match &cfg.kernel {
             Kernel::File(path) => Some(userfile::open(path, Role::Kernel)?.file),
             _ => None,
@@ -178,6 +191,11 @@ impl Vmm {
             let dev = Net::new(net)?;
             nets.push(dev.handle());
             pci.add_virtio(Box::new(dev), net.transport)?;
+        }
+        let mut disks = Vec::new();
+        for (dev, transport) in blks {
+            disks.push(dev.handle());
+            pci.add_virtio(Box::new(dev), transport)?;
         }
 
         let source = match (&cfg.kernel, kernel_file.as_mut()) {
@@ -219,6 +237,7 @@ impl Vmm {
         Ok(Vmm {
             pci,
             nets,
+            disks,
             vm,
             pio,
             mmio,
@@ -250,6 +269,11 @@ impl Vmm {
     /// The virtio-net devices (counters, workers).
     pub fn nets(&self) -> &[NetHandle] {
         &self.nets
+    }
+
+    /// The virtio-blk devices (counters, workers).
+    pub fn disks(&self) -> &[BlkHandle] {
+        &self.disks
     }
 
     pub fn pio_bus(&self) -> &Arc<Bus> {
@@ -392,6 +416,18 @@ impl Vmm {
                 return Err(e.into());
             }
         }
+        // Each disk queue has a worker too (and its io_uring, made here before any filter).
+        for (i, disk) in self.disks.iter().enumerate() {
+            if let Err(e) = disk.start(self.control.stop_evt(), self.seccomp) {
+                for started in &self.disks[..i] {
+                    started.stop();
+                }
+                for net in &self.nets {
+                    net.stop();
+                }
+                return Err(e.into());
+            }
+        }
         // Device work (notify=ioeventfd kicks) runs on the event loop, started before any
         // vCPU can kick; it stops with the VM and is joined after the vCPUs.
         let (mode, control) = (self.seccomp, self.control.clone());
@@ -440,6 +476,9 @@ impl Vmm {
         }
         for net in &self.nets {
             net.stop();
+        }
+        for disk in &self.disks {
+            disk.stop();
         }
         drop(stdin);
         Ok(RunResult {

@@ -40,6 +40,7 @@ fn real_mode(image: &[u8], capture: &Capture) -> VmConfig {
         console: Box::new(capture.clone()),
         rng: None,
         net: Vec::new(),
+        disks: Vec::new(),
     }
 }
 

@@ -14,6 +14,8 @@ pub fn extra(kind: ThreadKind) -> &'static [libc::c_long] {
     match kind {
         ThreadKind::Vcpu => &[],
         ThreadKind::Worker => &[libc::SYS_epoll_wait, libc::SYS_poll],
+        ThreadKind::BlockWorker => &[libc::SYS_epoll_wait],
+        ThreadKind::BlockIo => &[],
         ThreadKind::Api => &[libc::SYS_poll],
         ThreadKind::Main => &[libc::SYS_poll, libc::SYS_unlink],
     }
