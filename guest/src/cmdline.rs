@@ -30,6 +30,10 @@ pub enum Command {
     Pci,
     /// `rng`: list bus 0, then read random bytes from a virtio-rng device.
     Rng,
+    /// `poweroff`: PSCI SYSTEM_OFF (aarch64).
+    PowerOff,
+    /// `reboot`: PSCI SYSTEM_RESET (aarch64).
+    Reboot,
     /// `exit=N`: report N through the debug-exit port at once.
     Exit(u32),
     /// `fail`: FAIL on purpose.
@@ -90,6 +94,8 @@ pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
         "smp" => no_value(Command::Smp),
         "pci" => no_value(Command::Pci),
         "rng" => no_value(Command::Rng),
+        "poweroff" => no_value(Command::PowerOff),
+        "reboot" => no_value(Command::Reboot),
         "exit" => Ok(Command::Exit(count(None)?)),
         "fail" => no_value(Command::Fail),
         _ => Err(ParseError::Unknown(word)),

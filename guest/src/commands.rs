@@ -47,7 +47,7 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
         Command::Hello => hello(info, raw),
         Command::PioLoop(n) => arch::commands::pio_loop(n),
         Command::MmioLoop(n) => mmio_loop(n),
-        Command::Cpl3(n) => arch::user::run(n),
+        Command::Cpl3(n) => crate::task::run(n),
         Command::Idle => arch::commands::idle(),
         Command::TripleFault => arch::commands::triple_fault(),
         Command::Smp => arch::smp::run(info),
@@ -55,6 +55,8 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
             pci::list(info);
         }
         Command::Rng => drivers::rng::run(info),
+        Command::PowerOff => arch::commands::poweroff(),
+        Command::Reboot => arch::commands::reboot(),
         Command::Exit(code) => {
             println!("exit: reporting {}", code);
             testdev::exit(code)

@@ -19,13 +19,14 @@ mod net;
 mod pci;
 mod report;
 mod sync;
+mod task;
 mod virtio;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     if arch::user::in_user() {
         // No console access unprivileged: the message goes through the task's log.
-        arch::user::panic_in_user(info)
+        task::panic_in_user(info)
     }
     report::fail_unlocked(format_args!("panic: {}", info))
 }

@@ -43,7 +43,7 @@ macro_rules! fail {
 #[macro_export]
 macro_rules! ulog {
     ($($arg:tt)*) => {
-        $crate::arch::user::log_line(format_args!($($arg)*))
+        $crate::task::log_line(format_args!($($arg)*))
     };
 }
 

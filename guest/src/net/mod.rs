@@ -2,7 +2,7 @@
 //! echo, UDP) whose workloads run at CPL3.
 //!
 //! CPL0 finds and sets up the device once (the first `net.*` command that needs it),
-//! calibrates the TSC, then runs each command as a CPL3 task (`user::run_task`): the loops that
+//! calibrates the TSC, then runs each command as a CPL3 task (`task::run_task`): the loops that
 //! build packets, poll the used rings, compute checksums and kick the device (an MMIO write)
 //! run natively there; CPL0 only takes the interrupts, prints the task's log and halts when the
 //! task waits with `wait=halt`. See `docs/builtin-guest.md` for the commands and their output.
@@ -18,11 +18,12 @@ mod work;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::arch::{time, user, BootInfo};
+use crate::arch::{time, BootInfo};
 use crate::cmdline::ParseError;
 use crate::drivers::net::{self as dev, NetDev};
 use crate::pci::{self, Function};
 use crate::sync::Global;
+use crate::task;
 use crate::{println, virtio};
 use proto::{Ip, MacFmt};
 use stack::Stack;
@@ -400,7 +401,7 @@ extern "C" fn task_entry(arg: usize) -> ! {
     // SAFETY: CPL0 hands JOB and NET (initialised) to the task and waits in run_task.
     let (job, net) = unsafe { (&mut *(arg as *mut Job), (*NET.get()).assume_init_mut()) };
     job.error = work::run(net, job).err();
-    user::exit(0)
+    task::exit(0)
 }
 
 /// Runs `cmd` as a CPL3 task; FAILs the guest with its error when `fail` (else the error is in
@@ -424,7 +425,7 @@ fn run_job(net: &mut Net, cmd: NetCommand, case: usize, fail: bool) -> &'static 
         job.error = None;
         job.outcome = hostile::Outcome::Ignored;
     }
-    user::run_task(task_entry, JOB.get() as usize);
+    task::run_task(task_entry, JOB.get() as usize);
     // SAFETY: the task is over.
     let job = unsafe { &*JOB.get() };
     net.dev.interrupts(false);

@@ -4,8 +4,9 @@ use core::sync::atomic::Ordering;
 
 use super::proto::{self, Bad, Mac};
 use super::{Net, Wait};
-use crate::arch::{cpu, irq, time, user};
+use crate::arch::{cpu, irq, time};
 use crate::drivers::net::{NetDev, MAX_FRAME};
+use crate::task;
 
 const ARP_ENTRIES: usize = 8;
 /// ARP requests sent for one address before giving up, and the wait for each.
@@ -381,7 +382,7 @@ impl Net {
         let seen = irq::INTERRUPTS.load(Ordering::Relaxed);
         self.dev.interrupts(true);
         if !self.dev.pending() {
-            user::wait(deadline, seen);
+            task::wait(deadline, seen);
             self.halts += 1;
         }
         self.dev.interrupts(false);

@@ -5,9 +5,10 @@ use super::proto::{self, Ip, MacFmt};
 use super::stack::{echo_frame, send, udp_frame, Dest, Event, PING_ID};
 use super::{hostile, Job, Net, NetCommand, Wait, MAX_PING_COUNT};
 use crate::arch::time::ticks;
-use crate::arch::{cpu, irq, user};
+use crate::arch::{cpu, irq};
 use crate::drivers::net::{NetDev, MAX_PAIRS};
 use crate::sync::Global;
+use crate::task;
 use crate::ulog;
 use core::sync::atomic::Ordering;
 
@@ -429,7 +430,7 @@ fn stall_rx(net: &mut Net, until: u64) -> Result<(), &'static str> {
         }
         if net.wait == Wait::Halt {
             let seen = irq::INTERRUPTS.load(Ordering::Relaxed);
-            user::wait(until, seen);
+            task::wait(until, seen);
             net.halts += 1;
         } else {
             cpu::pause();
@@ -453,7 +454,7 @@ fn udp_rx(
         port,
         seconds
     );
-    user::flush();
+    task::flush();
     let irqs = Irqs(NetDev::irqs());
     let by_pair = ByPair::start(net.dev.npairs, net.dev.stats.rx_by_pair);
     let (halts0, csum0) = (net.halts, net.stack.counters.bad_udp_csum);
@@ -549,7 +550,7 @@ fn echo(net: &mut Net, seconds: u32) -> Result<(), &'static str> {
         MacFmt(net.stack.mac),
         seconds
     );
-    user::flush();
+    task::flush();
     let irqs = Irqs(NetDev::irqs());
     let (icmp0, halts0) = (net.stack.counters.icmp_answered, net.halts);
     let start = ticks();

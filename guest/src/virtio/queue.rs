@@ -191,15 +191,15 @@ impl SplitQueue {
     // SAFETY (for the three address functions): only addresses are computed, nothing is read.
     pub fn desc_addr(&self) -> u64 {
         // SAFETY: see above.
-        unsafe { core::ptr::addr_of!((*self.mem).desc) as u64 }
+        crate::arch::paging::dma_addr(unsafe { core::ptr::addr_of!((*self.mem).desc) as u64 })
     }
     pub fn avail_addr(&self) -> u64 {
         // SAFETY: see above.
-        unsafe { core::ptr::addr_of!((*self.mem).avail) as u64 }
+        crate::arch::paging::dma_addr(unsafe { core::ptr::addr_of!((*self.mem).avail) as u64 })
     }
     pub fn used_addr(&self) -> u64 {
         // SAFETY: see above.
-        unsafe { core::ptr::addr_of!((*self.mem).used) as u64 }
+        crate::arch::paging::dma_addr(unsafe { core::ptr::addr_of!((*self.mem).used) as u64 })
     }
 
     /// Takes `n` descriptors off the free list; returns the head (their order is in `links`).
@@ -238,7 +238,8 @@ impl SplitQueue {
     /// head descriptor id, or None when there are not enough free descriptors.
     ///
     /// # Safety
-    /// Every buffer must be memory the caller owns, identity-mapped, that the device may read
+    /// Every buffer must be memory the caller owns (the device is given its physical address,
+    /// `arch::paging::dma_addr`), that the device may read
     /// or (when `device_writes`) write until the chain comes back from [`SplitQueue::pop_used`].
     pub unsafe fn add(&mut self, chain: &[Buffer]) -> Option<u16> {
         let head = self.alloc(u16::try_from(chain.len()).ok()?)?;
@@ -252,7 +253,7 @@ impl SplitQueue {
                 let last = n + 1 == chain.len();
                 let next = *links.add(usize::from(id));
                 desc.add(usize::from(id)).write(Descriptor {
-                    addr: b.addr,
+                    addr: crate::arch::paging::dma_addr(b.addr),
                     len: b.len,
                     flags: if b.device_writes { DESC_F_WRITE } else { 0 }
                         | if last { 0 } else { DESC_F_NEXT },
@@ -295,7 +296,7 @@ impl SplitQueue {
                     ids.get(usize::from(d.next)).copied().unwrap_or(d.next)
                 };
                 desc.add(usize::from(ids[k])).write(Descriptor {
-                    addr: d.addr,
+                    addr: crate::arch::paging::dma_addr(d.addr),
                     len: d.len,
                     flags: d.flags,
                     next,

@@ -11,8 +11,13 @@ use crate::println;
 pub const DEFAULT: &str = "hello pio-loop=1000 mmio-loop=1000 cpl3";
 
 /// Why `command` cannot run on x86 (None: it can).
-pub fn unsupported(_command: &Command) -> Option<&'static str> {
-    None
+pub fn unsupported(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::PowerOff | Command::Reboot => {
+            Some("no PSCI on x86_64 (use exit=N or triple-fault)")
+        }
+        _ => None,
+    }
 }
 
 /// `hello`'s line about the boot protocol and the machine.
@@ -84,4 +89,14 @@ pub fn idle() -> ! {
 pub fn triple_fault() -> ! {
     println!("triple-fault: now");
     idt::triple_fault()
+}
+
+/// Not on x86 (refused by [`unsupported`] before anything runs).
+pub fn poweroff() -> ! {
+    crate::fail!("poweroff: not on x86_64");
+}
+
+/// Not on x86 (refused by [`unsupported`] before anything runs).
+pub fn reboot() -> ! {
+    crate::fail!("reboot: not on x86_64");
 }

@@ -1,7 +1,9 @@
 //! Interrupts as the arch-neutral code sees them (`drivers`, `net`): counters per vector
 //! (`idt`), the local APIC timer as a periodic wake-up source, and a halt until an interrupt.
+use core::sync::atomic::Ordering;
+
 pub use super::idt::{count, INTERRUPTS};
-use super::{apic, cpu};
+use super::{apic, cpu, time};
 
 /// Vector of the periodic wake-up timer ([`timer_periodic`]).
 pub const TIMER_VECTOR: u8 = 0x30;
@@ -22,4 +24,27 @@ pub fn timer_stop() {
 pub fn halt_until_interrupt() {
     cpu::sti_hlt();
     cpu::cli();
+}
+
+/// Vector of the one-shot local APIC timer that bounds a [`wait_until`].
+pub const WAKE_VECTOR: u8 = 0x31;
+/// Longest single halt in a [`wait_until`] (a task waits again if it needs longer).
+const MAX_WAIT_US: u64 = 1_000_000;
+
+/// A task's wait (`task::SYS_WAIT`), interrupts off: unless an interrupt arrived since the
+/// task saw [`INTERRUPTS`] as `seen`, halts until one arrives or `deadline` (TSC) passes, with
+/// a one-shot APIC timer for the deadline.
+pub fn wait_until(deadline: u64, seen: u64) {
+    if INTERRUPTS.load(Ordering::Relaxed) != seen {
+        return;
+    }
+    let now = time::ticks();
+    if deadline <= now {
+        return;
+    }
+    let khz = time::ticks_khz().0.max(1);
+    let us = ((deadline - now).saturating_mul(1000) / khz).clamp(1, MAX_WAIT_US);
+    apic::timer_oneshot(WAKE_VECTOR, us as u32);
+    halt_until_interrupt();
+    apic::timer_stop();
 }

@@ -49,6 +49,22 @@ pub fn sink_pio() -> u32 {
     inl(SINK_PORT)
 }
 
+/// The SINK register in the MMIO page (always there for the unprivileged loop to write: an
+/// absent page takes the writes silently).
+pub fn sink_addr() -> Option<u64> {
+    Some(SINK_MMIO)
+}
+
+/// The CONSOLE register in the MMIO page.
+pub fn console_addr() -> Option<u64> {
+    Some(CONSOLE_MMIO)
+}
+
+/// The SINK count as the unprivileged loop's check reads it (through the PIO window).
+pub fn sink_count() -> u32 {
+    sink_pio()
+}
+
 /// Reads the SINK count through the MMIO page.
 pub fn sink_mmio() -> u32 {
     // SAFETY: the MMIO page is identity-mapped (uncached) by the boot page tables; reading SINK
