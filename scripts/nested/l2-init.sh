@@ -17,6 +17,8 @@
 #   l2.cpuid=L,...        print these CPUID leaves (subleaf 0) of CPU 0 as eax ebx ecx edx
 #   l2.dmesg=1            print the kernel log between "L2: dmesg begin" and "L2: dmesg end"
 #   l2.dmesg=warn         the same, only the records of level warning and above (0-4)
+#   l2.date_ref=EPOCH     compare the clock (set from the RTC at boot) with EPOCH: "L2: rtc0
+#                         name=NAME date ok|off epoch=NOW ref=EPOCH" (ok: within 300 s)
 #   l2.end=poweroff       how to end: poweroff (default, "poweroff -f"), reboot ("reboot -f"),
 #                         exit (init exits: the kernel panics), crash (sysrq 'c'), hang
 export PATH=/bin:/sbin:/usr/bin
@@ -144,6 +146,17 @@ esac
 [ "$nics" = 0 ] || virtio_irqs
 [ -z "$(cat /sys/class/misc/hw_random/rng_available 2>/dev/null)" ] ||
     say "hwrng current=$(cat /sys/class/misc/hw_random/rng_current) available=$(cat /sys/class/misc/hw_random/rng_available)"
+# The RTC Linux set its clock from at boot (rtc0), and that clock against l2.date_ref= (L1's
+# clock when the scenario started, seconds since the epoch): within 300 s is "ok".
+ref=$(arg date_ref "")
+if [ -n "$ref" ]; then
+    now=$(date +%s)
+    d=$((now - ref))
+    [ "$d" -ge 0 ] || d=$((-d))
+    v=off
+    [ "$d" -gt 300 ] || v=ok
+    say "rtc0 name=$(cat /sys/class/rtc/rtc0/name 2>/dev/null || echo none) date $v epoch=$now ref=$ref"
+fi
 
 # Platform devices found through the DSDT (PNP ids; the i8042's interrupt line and how many
 # interrupts it took; input devices; pvpanic's driver), for the dmesg scenarios.

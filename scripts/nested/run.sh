@@ -3,11 +3,21 @@
 # AMD SVM, so L1 has a real /dev/kvm) and runs the scenarios of scripts/nested/scenarios.sh in it,
 # one after the other; then judges each one.
 #
-#   scripts/nested/run.sh [--out DIR] [--trapvisor PATH] [--only ERE] [--all] [--timeout S]
-#                         [--scenarios FILE] [--list]
+#   scripts/nested/run.sh [--arch x86_64|aarch64] [--out DIR] [--trapvisor PATH] [--only ERE]
+#                         [--all] [--timeout S] [--scenarios FILE] [--list]
+#
+#   --arch A         x86_64 (default: the L1 above) or aarch64: Debian's arm64 kernel at EL2 under
+#                    qemu-system-aarch64 (-M virt,virtualization=on,gic-version=3), so L1 has an
+#                    arm64 /dev/kvm; the scenarios of scenarios-aarch64.sh, the kit of
+#                    kit-aarch64.sh, an aarch64 trapvisor (default
+#                    target/aarch64-unknown-linux-musl/release/trapvisor). L1 cannot see the
+#                    host's files there: the job travels in L1's initramfs and the results come
+#                    back as a tar stream over a virtio-serial port (DIR/results.tar)
 #
 #   --out DIR        results directory (default .cache/nested/results); emptied first
-#   --trapvisor P    the binary to test (default target/release/trapvisor); copied into DIR
+#   --trapvisor P    the binary to test (default target/release/trapvisor); copied into DIR.
+#                    "none": no binary (one that does not build yet): only the scenarios named
+#                    l1-* run (the harness's own checks), the others are reported SKIP
 #   --only ERE       run only the scenarios whose name matches (slow ones included)
 #   --all            run the slow scenarios too (by default they are left out)
 #   --scenarios F    the scenario file (default scripts/nested/scenarios.sh)
@@ -32,17 +42,19 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/scripts/nested"
 
-out="$root/.cache/nested/results"
-tv="$root/target/release/trapvisor"
+arch=x86_64
+out=
+tv=
 only=
-l1_mem=4608
+l1_mem=
 all=0
-scenarios="$here/scenarios.sh"
+scenarios=
 total_timeout=
 list=0
 direct=0
 while [ $# -gt 0 ]; do
     case "$1" in
+    --arch) arch=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --trapvisor) tv=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
@@ -61,6 +73,19 @@ die() {
     echo "nested: $*" >&2
     exit 2
 }
+case "$arch" in
+x86_64)
+    : "${out:=$root/.cache/nested/results}" "${tv:=$root/target/release/trapvisor}"
+    : "${l1_mem:=4608}" "${scenarios:=$here/scenarios.sh}"
+    ;;
+aarch64)
+    : "${out:=$root/.cache/nested/results-aarch64}"
+    : "${tv:=$root/target/aarch64-unknown-linux-musl/release/trapvisor}"
+    : "${l1_mem:=2048}" "${scenarios:=$here/scenarios-aarch64.sh}"
+    [ "$direct" = 0 ] || die "--direct is for x86_64 machines (run the aarch64 scenarios on an arm64 host's /dev/kvm by hand)"
+    ;;
+*) die "--arch is x86_64 or aarch64, not '$arch'" ;;
+esac
 say() {
     echo "nested: $*" >&2 || true
 }
@@ -106,26 +131,42 @@ expect_not() {
     checks_of[$1]+=$(printf -- '-\t%s\t%s' "$2" "$3")$'\n'
 }
 
-HOSTKIT="$root/.cache/nested/kit"
-QEMU=$(command -v qemu-system-x86_64 || echo /usr/bin/qemu-system-x86_64)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-TRAPVISOR="$out/bin/trapvisor"
-# The wrapper for the NIC scenarios (TAP, iperf3 server, wall time to the userspace marker).
-L1RUN="$out/bin/l1-run.sh"
-# What the scenarios boot, as L1 sees it: a copy of the kit inside the job directory. The host's
-# root reaches L1 over 9p, but L1 puts a tmpfs on /tmp, so a checkout under /tmp (as CI's can be)
-# is invisible there; the job directory is mounted at its own path and always is.
-KIT="$out/kit"
+if [ "$arch" = x86_64 ]; then
+    HOSTKIT="$root/.cache/nested/kit"
+    QEMU=$(command -v qemu-system-x86_64 || echo /usr/bin/qemu-system-x86_64)
+    TRAPVISOR="$out/bin/trapvisor"
+    # The wrapper for the NIC scenarios (TAP, iperf3 server, wall time to the userspace marker).
+    L1RUN="$out/bin/l1-run.sh"
+    # What the scenarios boot, as L1 sees it: a copy of the kit inside the job directory. The
+    # host's root reaches L1 over 9p, but L1 puts a tmpfs on /tmp, so a checkout under /tmp (as
+    # CI's can be) is invisible there; the job directory is mounted at its own path and always is.
+    KIT="$out/kit"
+else
+    HOSTKIT="$root/.cache/nested/kit-arm64"
+    # In L1's initramfs: /job (job.sh, bin/, kit/); the results are written under /results.
+    TRAPVISOR=/job/bin/trapvisor
+    L1RUN=/job/bin/l1-run.sh
+    KIT=/job/kit
+    # No QEMU for arm64 in L1 (yet): scenarios that compare with it do not exist here.
+    QEMU=/nonexistent/qemu-system-aarch64
+fi
 [ -f "$scenarios" ] || die "no scenario file $scenarios"
 # shellcheck source=scenarios.sh
 source "$scenarios"
 
 selected=()
+skipped=()
 for n in "${names[@]}"; do
     if [ -n "$only" ]; then
-        [[ "$n" =~ $only ]] && selected+=("$n")
-    elif [ "$all" = 1 ] || [ "${slow_of[$n]}" = 0 ]; then
+        [[ "$n" =~ $only ]] || continue
+    elif [ "$all" = 0 ] && [ "${slow_of[$n]}" = 1 ]; then
+        continue
+    fi
+    if [ "$tv" = none ] && [[ "$n" != l1-* ]]; then
+        skipped+=("$n")
+    else
         selected+=("$n")
     fi
 done
@@ -136,33 +177,65 @@ fi
 [ "${#selected[@]}" -gt 0 ] || die "no scenario matches '$only'"
 
 # --- kit, binary, job ----------------------------------------------------------------------------
-[ -x "$tv" ] || die "no trapvisor binary at $tv (cargo build --release, or --trapvisor PATH)"
-kit=$(bash "$here/guest-kit.sh") || die "the guest kit could not be built"
+[ "$tv" = none ] || [ -x "$tv" ] || die "no trapvisor binary at $tv (cargo build --release, or --trapvisor PATH)"
+if [ "$arch" = x86_64 ]; then
+    kit=$(bash "$here/guest-kit.sh") || die "the guest kit could not be built"
+    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed"
+    kernel="$HOSTKIT/vmlinuz"
+else
+    kit=$(bash "$here/kit-aarch64.sh") || die "the aarch64 guest kit could not be built"
+    if ! command -v qemu-system-aarch64 >/dev/null; then
+        [ "$(id -u)" -eq 0 ] || die "qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)"
+        say "installing qemu-system-arm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-arm >&2 ||
+            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-arm >&2; } ||
+            die "apt-get install qemu-system-arm failed"
+    fi
+    kernel="$HOSTKIT/Image"
+    # The binary must be an aarch64 one (a static musl build runs in L1's bare initramfs).
+    [ "$tv" = none ] || [ "$(od -An -t u2 -j 18 -N 2 "$tv" | tr -d ' ')" = 183 ] ||
+        die "$tv is not an aarch64 ELF"
+fi
 [ "$kit" = "$HOSTKIT" ] || die "the kit is at $kit, not $HOSTKIT"
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed"
-kernel="$HOSTKIT/vmlinuz"
 
 # The results directory is also L1's job directory (virtfs tag 'job', read-write); L1 mounts it
 # at the same path. Empty it, keeping nothing from an earlier run.
 find "$out" -mindepth 1 -delete
-mkdir -p "$out/bin" "$KIT"
-cp "$tv" "$TRAPVISOR"
-cp "$here/l1-run.sh" "$L1RUN"
-# Hard links where the filesystem allows (no copy of 70 MB), else copies; -L follows the kit's
-# links into .cache/kernel.
-for f in vmlinuz vmlinux l2.cpio.gz kver; do
-    cp -L -l "$HOSTKIT/$f" "$KIT/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$KIT/$f"
-done
+if [ "$arch" = x86_64 ]; then
+    mkdir -p "$out/bin" "$KIT"
+    [ "$tv" = none ] || cp "$tv" "$TRAPVISOR"
+    cp "$here/l1-run.sh" "$L1RUN"
+    # Hard links where the filesystem allows (no copy of 70 MB), else copies; -L follows the
+    # kit's links into .cache/kernel.
+    for f in vmlinuz vmlinux l2.cpio.gz kver; do
+        cp -L -l "$HOSTKIT/$f" "$KIT/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$KIT/$f"
+    done
+else
+    # The tree that becomes /job in L1's initramfs.
+    jobroot="$out/.jobroot"
+    mkdir -p "$jobroot/job/bin" "$jobroot/job/kit" "$jobroot/results"
+    [ "$tv" = none ] || cp "$tv" "$jobroot$TRAPVISOR"
+    install -m 0755 "$here/l1-run-aarch64.sh" "$jobroot$L1RUN"
+    for f in Image l2.cpio.gz kver; do
+        cp -L -l "$HOSTKIT/$f" "$jobroot/job/kit/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$jobroot/job/kit/$f"
+    done
+fi
 {
     cat <<'JOB'
 #!/bin/sh
-# Generated by scripts/nested/run.sh; run by L1 inside the host root: sh job.sh JOBDIR
+# Generated by scripts/nested/run.sh; run by L1: sh job.sh JOBDIR [PORT]. x86_64: in the host
+# root (chroot), JOBDIR the host's results directory over 9p, results written there. aarch64: in
+# L1's own initramfs, JOBDIR=/job; results under /results, each scenario's directory sent as a
+# tar archive to PORT (a virtio-serial port) when it ends.
 J=$1
+PORT=${2:-}
+R=$J
+[ "$J" != /job ] || R=/results
 cd "$J" || exit 1
 # What every trapvisor process is doing: its threads' states, kernel stacks and CPU time, and
 # its statistics from the API socket that l1-run.sh gives it.
 dump_vmm() {
-    for p in $(pgrep -x trapvisor); do
+    for p in $(pgrep -x trapvisor 2>/dev/null || pidof trapvisor); do
         echo "== pid $p: $(tr '\0' ' ' </proc/$p/cmdline)"
         for d in /proc/$p/task/*; do
             echo "-- $(cat $d/comm) state=$(cut -d' ' -f3 $d/stat) wchan=$(cat $d/wchan) schedstat=$(cat $d/schedstat)"
@@ -189,21 +262,22 @@ dump_vmm() {
 }
 run_one() {
     n=$1; t=$2; shift 2
-    mkdir -p "$J/$n"
+    mkdir -p "$R/$n"
     echo "L1: scenario $n start"
     s=$(date +%s.%N)
-    timeout -k 10 "$t" "$@" >"$J/$n/console" 2>"$J/$n/stderr" </dev/null &
+    timeout -k 10 "$t" "$@" >"$R/$n/console" 2>"$R/$n/stderr" </dev/null &
     cmd=$!
     # 25 s before the limit, a post-mortem of what is still running (a hang's evidence).
-    ( sleep $((t - 25)) && dump_vmm >"$J/$n/hang" 2>&1 ) &
+    ( sleep $((t - 25)) && dump_vmm >"$R/$n/hang" 2>&1 ) &
     watch=$!
     wait $cmd
     rc=$?
     kill $watch 2>/dev/null
     e=$(date +%s.%N)
     secs=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }')
-    echo "$secs" >"$J/$n/secs"
-    echo "$rc" >"$J/$n/rc"
+    echo "$secs" >"$R/$n/secs"
+    echo "$rc" >"$R/$n/rc"
+    [ -z "$PORT" ] || tar -cf - -C "$R" "$n" >"$PORT"
     echo "L1: scenario $n rc=$rc secs=$secs"
 }
 JOB
@@ -212,6 +286,20 @@ JOB
     done
     echo 'sync'
 } >"$out/job.sh"
+if [ "$arch" = aarch64 ]; then
+    # L1's initramfs: the kit's, then the job's (the kernel unpacks concatenated archives in
+    # order), packed with the kit's host busybox.
+    cp "$out/job.sh" "$jobroot/job/job.sh"
+    hostbb=$(find "$root/.cache/nested/debs" -maxdepth 1 -name 'busybox-static_*_amd64.deb' | sort -V | tail -n 1)
+    [ -n "$hostbb" ] || die "no busybox-static amd64 package in .cache/nested/debs (kit-aarch64.sh gets it)"
+    mkdir -p "$out/.bb"
+    dpkg-deb -x "$hostbb" "$out/.bb"
+    (cd "$jobroot" && find . -mindepth 1 | LC_ALL=C sort | "$out/.bb/bin/busybox" cpio -o -H newc -R 0:0 2>/dev/null) |
+        gzip -1 >"$out/job.cpio.gz"
+    cat "$HOSTKIT/l1.cpio.gz" "$out/job.cpio.gz" >"$out/l1-initrd.cpio.gz"
+    rm -rf "$jobroot" "$out/.bb" "$out/job.cpio.gz"
+    : >"$out/results.tar"
+fi
 
 # Bound on the whole run: L1 boot, and every scenario's limit plus its kill grace.
 if [ -z "$total_timeout" ]; then
@@ -231,6 +319,18 @@ if [ "$direct" = 1 ]; then
     # shellcheck disable=SC2016 # expanded by the inner shell
     qemu=(unshare --net sh -c 'ip link set lo up; echo "L1: kvm ready (direct)";
         sh "$1/job.sh" "$1"; echo "L1: job exited rc=$?"; echo "L1: powering off"' sh "$out")
+elif [ "$arch" = aarch64 ]; then
+    # EL2 for L1 (virtualization=on) with a GICv3 and its ITS (L1's KVM refuses GICv2 here);
+    # pauth-impdef: TCG's faster pointer authentication. The results port: a virtio-serial port
+    # named "results" written into DIR/results.tar.
+    qemu=(nice -n 5 qemu-system-aarch64
+        -accel tcg,thread=multi,tb-size=512 -M virt,virtualization=on,gic-version=3
+        -cpu max,pauth-impdef=on -smp 2 -m "$l1_mem"
+        -display none -monitor none -serial stdio -no-reboot -nodefaults
+        -kernel "$kernel" -initrd "$out/l1-initrd.cpio.gz"
+        -append "console=ttyAMA0 panic=-1 loglevel=3"
+        -device virtio-serial-pci -chardev "file,id=results,path=$out/results.tar"
+        -device virtserialport,chardev=results,name=results)
 else
 qemu=(nice -n 5 qemu-system-x86_64
     -accel tcg,thread=multi,tb-size=512 -cpu max -smp 2 -m "$l1_mem" -machine q35
@@ -288,6 +388,11 @@ say "L1 finished after ${total}s (qemu exit ${qemu_rc:-?}, /dev/kvm ready at ${k
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
     say "L1 ran past its ${total_timeout}s limit and was killed"
 fi
+if [ "$arch" = aarch64 ]; then
+    # Each scenario's directory as a tar archive, one after the other (-i: past each end marker).
+    [ ! -s "$out/results.tar" ] || tar -xif "$out/results.tar" -C "$out" ||
+        say "the results stream is damaged; what could be read is in $out"
+fi
 grep -q '^L1: kvm ready' "$out/l1-console.log" || {
     say "L1 never had /dev/kvm; its console:"
     tail -n 40 "$out/l1-console.log" >&2 || true
@@ -339,6 +444,10 @@ for n in "${selected[@]}"; do
     printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$verdict" "$rc" "$secs" "$why" >>"$out/summary.tsv"
 done
 
+for n in "${skipped[@]}"; do
+    printf '%s\t%s\t%s\t%s\t%s\n' "$n" SKIP - - "no trapvisor binary (--trapvisor none)" >>"$out/summary.tsv"
+done
+
 # Reports that compare scenarios (informational, no verdict): the L2 kernel log under trapvisor
 # against the one under QEMU (warnings only, and with --all the whole log).
 for pair in l2-dmesg:dmesg-diff-warn.txt l2-dmesg-full:dmesg-diff-full.txt; do
@@ -356,7 +465,7 @@ if [ -s "$out/l2-cmp-trapvisor/console" ] && [ -s "$out/l2-cmp-qemu/console" ]; 
 fi
 
 column -t -s $'\t' "$out/summary.tsv" >&2 2>/dev/null || cat "$out/summary.tsv" >&2 || true
-say "L1 /dev/kvm ready ${kvm_ready:-never}s, whole run ${total}s, $failed of ${#selected[@]} failed; results in $out"
+say "L1 /dev/kvm ready ${kvm_ready:-never}s, whole run ${total}s, $failed of ${#selected[@]} failed${skipped:+, ${#skipped[@]} skipped}; results in $out"
 [ "$l1_rc" = 0 ] || exit 2
 [ "$failed" -eq 0 ] || exit 1
 exit 0
