@@ -10,7 +10,8 @@
 //! Invariants, checked after every step: no panic; every iovec the device hands a backend lies
 //! inside guest RAM (for a read, but for the device's own 64-byte overflow tail); every frame
 //! written is 14 to `MAX_FRAME_LEN` bytes after a 12-byte vnet header that passes the
-//! negotiated checks; every used entry names a chain the driver made available (its oldest
+//! negotiated checks, and only once the transmit queue's previous chain is published (its used
+//! index moved: the per-chain completion rule); every used entry names a chain the driver made available (its oldest
 //! outstanding copy) and is no longer than that chain's writable bytes (TX: 0; control: the
 //! ack byte, VIRTIO_NET_OK exactly when the command should succeed — VQ_PAIRS_SET within
 //! 1..=max, GUEST_OFFLOADS_SET with negotiated bits only — and 0 bytes for a malformed
@@ -281,7 +282,7 @@ impl Rig {
         cfg.offload = input.offload;
         let mut ios = Vec::new();
         let mut backends: Vec<Box<dyn NetBackend>> = Vec::new();
-        for _ in 0..npairs {
+        for p in 0..npairs {
             let io = Arc::new(Mutex::new(Io {
                 fail_config: input.fail_config,
                 enabled: true,
@@ -290,6 +291,7 @@ impl Rig {
             backends.push(Box::new(Fake {
                 evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
                 ram: (host, RAM as usize),
+                tx_used_idx: host + (QBASE + QSPAN * (2 * p as u64 + 1) + 0x2000 + 2) as usize,
                 io: io.clone(),
             }));
             ios.push(io);
@@ -406,6 +408,9 @@ impl Rig {
     }
 
     fn op(&mut self, op: &Op) {
+        for io in &self.ios {
+            lock(io).last_write_used = None;
+        }
         let nq = self.qs.len();
         let pair = |p: u8| usize::from(p) % self.used_pairs;
         match *op {

@@ -226,6 +226,32 @@ pub fn format_devices(stats: &Value) -> String {
             out.push_str("  counters (non-zero):\n");
             out.push_str(&wrap(&counters, "    ", 96));
         }
+        out.push_str(&tx_per_drain(&d["counters"]));
+    }
+    out
+}
+
+/// For each transmit queue that sent frames, what one drain did on average: chains per
+/// wakeup and per pass, frames per interrupt, bytes per frame.
+fn tx_per_drain(c: &Value) -> String {
+    let get = |k: String| c[&k].as_u64().unwrap_or(0) as f64;
+    let mut out = String::new();
+    for q in 0.. {
+        let frames = get(format!("tx{q}.frames"));
+        if c.get(format!("tx{q}.frames")).is_none() {
+            break;
+        }
+        if frames == 0.0 {
+            continue;
+        }
+        let per = |n: f64| if n > 0.0 { frames / n } else { 0.0 };
+        out.push_str(&format!(
+            "  tx{q}: {:.2} frames/wakeup, {:.2} frames/pass, {:.2} frames/interrupt, {:.0} B/frame\n",
+            per(get(format!("tx{q}.wakeups"))),
+            per(get(format!("tx{q}.passes"))),
+            per(get(format!("tx{q}.interrupts"))),
+            get(format!("tx{q}.bytes")) / frames,
+        ));
     }
     out
 }
@@ -400,4 +426,28 @@ pub fn histogram_svg(stats: &Value) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_drain_averages_for_each_transmit_queue_that_sent() {
+        let stats = serde_json::json!({"devices": [{
+            "device": "virtio-net@00:01.0", "options": "", "queues": [], "interrupts": [],
+            "counters": {
+                "tx0.frames": 12, "tx0.wakeups": 3, "tx0.passes": 4, "tx0.interrupts": 6,
+                "tx0.bytes": 12000, "tx1.frames": 0, "tx1.wakeups": 0,
+            },
+        }]});
+        let out = format_devices(&stats);
+        assert!(
+            out.contains(
+                "  tx0: 4.00 frames/wakeup, 3.00 frames/pass, 2.00 frames/interrupt, 1000 B/frame\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("tx1:"), "{out}");
+    }
 }

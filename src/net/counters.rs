@@ -59,6 +59,10 @@ pub struct TxCounters {
     pub tap_eagain: u64,
     /// Bytes copied by the device (the 12-byte header it checks; frames are not copied).
     pub copied_bytes: u64,
+    /// Passes over the available ring (a wakeup drains it in one or more passes).
+    pub passes: u64,
+    /// Stores of the used index (one per chain completed).
+    pub publications: u64,
     pub drops: TxDrops,
 }
 
@@ -201,6 +205,8 @@ fn add_tx(t: &mut TxCounters, p: &TxCounters) {
     t.interrupt_errors += p.interrupt_errors;
     t.tap_eagain += p.tap_eagain;
     t.copied_bytes += p.copied_bytes;
+    t.passes += p.passes;
+    t.publications += p.publications;
     d.bad_chain += pd.bad_chain;
     d.bad_head += pd.bad_head;
     d.bad_header += pd.bad_header;
@@ -274,6 +280,8 @@ impl TxCounters {
             ("interrupt_errors", self.interrupt_errors),
             ("tap_eagain", self.tap_eagain),
             ("copied_bytes", self.copied_bytes),
+            ("passes", self.passes),
+            ("publications", self.publications),
             ("drops.bad_chain", d.bad_chain),
             ("drops.bad_head", d.bad_head),
             ("drops.bad_header", d.bad_header),

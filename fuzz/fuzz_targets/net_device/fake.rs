@@ -31,11 +31,16 @@ pub struct Io {
     pub read: u64,
     pub offload: Option<u32>,
     pub enabled: bool,
+    /// Within one step: the transmit queue's used index when the last chain the device took
+    /// for good (written or failed, not EAGAIN) was handed over.
+    pub last_write_used: Option<u16>,
 }
 
 pub struct Fake {
     pub evt: EventFd,
     pub ram: (usize, usize),
+    /// Host address of this pair's transmit queue's used index.
+    pub tx_used_idx: usize,
     pub io: Arc<Mutex<Io>>,
 }
 
@@ -118,6 +123,19 @@ impl NetBackend for Fake {
             total += v.iov_len;
         }
         let mut io = lock(&self.io);
+        // The completion rule (net/tx.rs): each chain is published before the next writev.
+        // SAFETY: inside the guest RAM mapping, 2-byte aligned; the device writes it
+        // atomically on this same thread.
+        let used_now = unsafe {
+            std::sync::atomic::AtomicU16::from_ptr(self.tx_used_idx as *mut u16)
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        if let Some(before) = io.last_write_used {
+            assert_ne!(
+                used_now, before,
+                "writev before the previous chain's used entry was published"
+            );
+        }
         assert!(
             (HDR_LEN + ETH_HLEN..=HDR_LEN + MAX_FRAME_LEN).contains(&total),
             "a {total}-byte frame written"
@@ -130,6 +148,7 @@ impl NetBackend for Fake {
             io.tx_again -= 1;
             return Ok(None);
         }
+        io.last_write_used = Some(used_now);
         if let Some(e) = os_error(io.tx_error.take()) {
             return Err(e);
         }
