@@ -17,6 +17,15 @@
 //!    then an irqfd write or KVM_SIGNAL_MSI) against a raw irqfd write on an MSI route and a
 //!    raw KVM_SIGNAL_MSI ioctl.
 //!
+//! Method (steady to within a few percent on a shared 2-core machine): the measuring thread
+//! (the vCPU, the interrupt raiser) is pinned to one CPU and every thread it waits on (the bare
+//! epoll thread, trapvisor's event loop) to another; floor and trapvisor alternate within each
+//! round (which goes first alternates too), and each ratio is the **median of the per-round
+//! ratios**, so load that comes and goes hits both sides of a round alike. The spread printed
+//! is the middle half of those per-round ratios. Kick and interrupt costs are the measuring
+//! thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, the guest's time in KVM_RUN included), not the
+//! wall clock, which also counts whatever else ran on that CPU meanwhile.
+//!
 //! `cargo bench --bench notify` (options: `-- --kicks N --irqs M --rounds R`).
 use std::hint::spin_loop;
 use std::os::fd::AsRawFd;
@@ -159,31 +168,33 @@ fn wake_bare(n: usize) -> Vec<u64> {
         stamp.clone(),
         count.clone(),
     );
-    let t = std::thread::spawn(move || {
-        let ep = Epoll::new().unwrap();
-        ep.ctl(
-            ControlOperation::Add,
-            e.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )
-        .unwrap();
-        ep.ctl(
-            ControlOperation::Add,
-            s.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 1),
-        )
-        .unwrap();
-        let mut evs = [EpollEvent::default(); 2];
-        loop {
-            let k = ep.wait(-1, &mut evs).unwrap_or(0);
-            if evs[..k].iter().any(|x| x.data() == 1) {
-                return;
+    let t = on_helper_cpu(|| {
+        std::thread::spawn(move || {
+            let ep = Epoll::new().unwrap();
+            ep.ctl(
+                ControlOperation::Add,
+                e.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .unwrap();
+            ep.ctl(
+                ControlOperation::Add,
+                s.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 1),
+            )
+            .unwrap();
+            let mut evs = [EpollEvent::default(); 2];
+            loop {
+                let k = ep.wait(-1, &mut evs).unwrap_or(0);
+                if evs[..k].iter().any(|x| x.data() == 1) {
+                    return;
+                }
+                if e.read().is_ok() {
+                    st.store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
+                    c.fetch_add(1, Ordering::AcqRel);
+                }
             }
-            if e.read().is_ok() {
-                st.store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
-                c.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        })
     });
     let lat = ping_pong(&evt, epoch, &stamp, &count, n);
     stop.write(1).unwrap();
@@ -237,7 +248,7 @@ fn wake_trapvisor(n: usize) -> Vec<u64> {
         .unwrap();
     }
     let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-    let h = lp.start(stop.clone()).unwrap();
+    let h = on_helper_cpu(|| lp.start(stop.clone()).unwrap());
     let lat = ping_pong(&kick, epoch, &stamp, &count, n);
     stop.write(1).unwrap();
     h.join();
@@ -289,13 +300,14 @@ fn kick_vm(n: u32) -> (Vm, VcpuFd) {
     (vm, vcpu)
 }
 
-/// Runs the kick guest; `on_mmio` sees each MMIO write. Returns (time per kick, exits).
+/// Runs the kick guest; `on_mmio` sees each MMIO write. Returns (the vCPU thread's CPU time per
+/// kick, exits).
 fn run_kicks(vcpu: &mut VcpuFd, n: u32, mut on_mmio: impl FnMut(u64, &[u8])) -> (Duration, u64) {
     let mut start = None;
     let mut exits = 0;
     loop {
         match vcpu.run().expect("KVM_RUN") {
-            VcpuExit::IoOut(0x80, _) => start = Some(Instant::now()),
+            VcpuExit::IoOut(0x80, _) => start = Some(thread_cpu()),
             VcpuExit::IoOut(0xf4, _) => break,
             VcpuExit::MmioWrite(addr, data) => {
                 exits += 1;
@@ -306,7 +318,7 @@ fn run_kicks(vcpu: &mut VcpuFd, n: u32, mut on_mmio: impl FnMut(u64, &[u8])) -> 
             other => panic!("kick guest: unexpected exit {other:?}"),
         }
     }
-    (start.expect("no start marker").elapsed() / n, exits)
+    ((thread_cpu() - start.expect("no start marker")) / n, exits)
 }
 
 /// A VM with the kick guest and trapvisor's PCI platform: virtio-rng with `notify`, its BAR
@@ -369,31 +381,33 @@ fn ioeventfd_bare(n: u32) -> (Duration, u64) {
         .unwrap();
     let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let (e, s) = (evt.try_clone().unwrap(), stop.try_clone().unwrap());
-    let t = std::thread::spawn(move || {
-        let ep = Epoll::new().unwrap();
-        ep.ctl(
-            ControlOperation::Add,
-            e.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )
-        .unwrap();
-        ep.ctl(
-            ControlOperation::Add,
-            s.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 1),
-        )
-        .unwrap();
-        let mut evs = [EpollEvent::default(); 2];
-        let mut wakeups = 0;
-        loop {
-            let k = ep.wait(-1, &mut evs).unwrap_or(0);
-            if evs[..k].iter().any(|x| x.data() == 1) {
-                return wakeups;
+    let t = on_helper_cpu(|| {
+        std::thread::spawn(move || {
+            let ep = Epoll::new().unwrap();
+            ep.ctl(
+                ControlOperation::Add,
+                e.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .unwrap();
+            ep.ctl(
+                ControlOperation::Add,
+                s.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 1),
+            )
+            .unwrap();
+            let mut evs = [EpollEvent::default(); 2];
+            let mut wakeups = 0;
+            loop {
+                let k = ep.wait(-1, &mut evs).unwrap_or(0);
+                if evs[..k].iter().any(|x| x.data() == 1) {
+                    return wakeups;
+                }
+                if e.read().is_ok() {
+                    wakeups += 1;
+                }
             }
-            if e.read().is_ok() {
-                wakeups += 1;
-            }
-        }
+        })
     });
     let (per, exits) = run_kicks(&mut vcpu, n, |_, _| {});
     assert_eq!(exits, 0, "the ioeventfd took every kick");
@@ -407,7 +421,7 @@ fn ioeventfd_trapvisor(n: u32) -> (Duration, u64) {
     let dev = pci.virtio()[0].dev.clone();
     assert_eq!(dev.lock().unwrap().ioevent_address(0), Some(NOTIFY_GPA));
     let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-    let h = pci.start(stop.clone()).unwrap().expect("event loop");
+    let h = on_helper_cpu(|| pci.start(stop.clone()).unwrap().expect("event loop"));
     let (per, exits) = run_kicks(&mut vcpu, n, |_, _| {});
     assert_eq!(exits, 0, "the ioeventfd took every kick");
     // Let the loop catch up with the last kick before stopping it.
@@ -421,56 +435,152 @@ fn ioeventfd_trapvisor(n: u32) -> (Duration, u64) {
 // ---------------------------------------------------------------------------------------------
 // 3. Interrupt injection.
 
-fn per_op(m: u32, mut f: impl FnMut()) -> Duration {
-    let t = Instant::now();
+/// The calling thread's CPU time (guest time in KVM_RUN included): unlike the wall clock, it
+/// does not grow while other processes on a busy machine have the CPU.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time per call of `f`, over `m` calls.
+fn per_op(m: u32, f: &mut dyn FnMut()) -> Duration {
+    let t = thread_cpu();
     for _ in 0..m {
         f();
     }
-    t.elapsed() / m
+    (thread_cpu() - t) / m
 }
 
+/// The floor's VM: set up as trapvisor's (the same vCPU and LAPIC state, so a message is
+/// delivered to the same kind of target).
 fn irq_vm() -> (Vm, VcpuFd) {
-    let vm = Vm::new(RAM).unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
-    (vm, vcpu)
+    kick_vm(1)
 }
 
-fn irqfd_bare(m: u32) -> Duration {
-    let (vm, _vcpu) = irq_vm();
+/// A raw irqfd on an MSI route: `f()` raises one interrupt. Keep the VM alive while it is used.
+fn irqfd_bare() -> (Vm, VcpuFd, Box<dyn FnMut()>) {
+    let (vm, vcpu) = irq_vm();
     let router = KvmIrqRouter::new(vm.shared_fd());
     let gsi = router.allocate_gsi().unwrap();
     router.set_msi_route(gsi, MSI).unwrap();
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     router.register_irqfd(&evt, gsi).unwrap();
-    per_op(m, || evt.write(1).unwrap())
+    (vm, vcpu, Box::new(move || evt.write(1).unwrap()))
 }
 
-fn signal_msi_bare(m: u32) -> Duration {
-    let (vm, _vcpu) = irq_vm();
+fn signal_msi_bare() -> (Vm, VcpuFd, Box<dyn FnMut()>) {
+    let (vm, vcpu) = irq_vm();
     let msi = kvm_msi {
         address_lo: MSI.address as u32,
         data: MSI.data,
         ..Default::default()
     };
-    per_op(m, || {
-        vm.fd().signal_msi(msi).unwrap();
-    })
+    let fd = vm.shared_fd();
+    (
+        vm,
+        vcpu,
+        Box::new(move || {
+            fd.signal_msi(msi).unwrap();
+        }),
+    )
 }
 
-fn trigger_trapvisor(m: u32, irq: IrqMode) -> Duration {
-    let (_vm, _vcpu, _pio, _mmio, pci) = trapvisor_vm(1, NotifyMode::Exit, irq);
+type TrapvisorIrq = (Vm, VcpuFd, Bus, Arc<Bus>, PciPlatform, Box<dyn FnMut()>);
+
+fn trigger_trapvisor(irq: IrqMode) -> TrapvisorIrq {
+    let (vm, vcpu, pio, mmio, pci) = trapvisor_vm(1, NotifyMode::Exit, irq);
     let intr = pci.virtio()[0].dev.lock().unwrap().interrupt().clone();
-    let per = per_op(m, || intr.trigger(VirtioInterruptType::Queue(0)).unwrap());
-    assert_eq!(intr.stats().delivered, u64::from(m));
-    per
+    let f = Box::new(move || intr.trigger(VirtioInterruptType::Queue(0)).unwrap());
+    (vm, vcpu, pio, mmio, pci, f)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Method: pinning and paired rounds.
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The CPUs to use: the measuring thread on the first, the threads it waits on on the second
+/// (None on a 1-CPU machine: no pinning).
+fn cpus() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads `set` within its size.
+    let mine: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    (mine.len() >= 2).then(|| (mine[0], mine[1]))
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
+/// Runs `f` (which starts threads: they inherit the affinity) with this thread on the helper
+/// CPU, then moves this thread back to the measuring CPU.
+fn on_helper_cpu<T>(f: impl FnOnce() -> T) -> T {
+    let Some((main, helper)) = cpus_now() else {
+        return f();
+    };
+    pin(helper);
+    let r = f();
+    pin(main);
+    r
+}
+
+static CPUS: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+
+fn cpus_now() -> Option<(usize, usize)> {
+    *CPUS.get_or_init(cpus)
+}
+
+/// Per-round (bare, trapvisor) pairs → (median bare, median trapvisor, median of the
+/// per-round ratios, (25th, 75th) percentile of those ratios).
+fn paired(pairs: &[(f64, f64)]) -> (f64, f64, f64, (f64, f64)) {
+    let med = |mut v: Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let b: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let t: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    let r: Vec<f64> = pairs.iter().map(|p| p.1 / p.0).collect();
+    (
+        med(b, 0.5),
+        med(t, 0.5),
+        med(r.clone(), 0.5),
+        (med(r.clone(), 0.25), med(r, 0.75)),
+    )
+}
+
+/// One round of `bare` and `tv`, in the order `round` says.
+fn pair_round(
+    round: u32,
+    bare: &mut dyn FnMut() -> f64,
+    tv: &mut dyn FnMut() -> f64,
+) -> (f64, f64) {
+    if round.is_multiple_of(2) {
+        let b = bare();
+        (b, tv())
+    } else {
+        let t = tv();
+        (bare(), t)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn pct(v: &mut [u64], p: f64) -> u64 {
     v.sort_unstable();
@@ -496,19 +606,39 @@ fn row(name: &str, bare: Duration, tv: Duration) {
     );
 }
 
+fn ratio_row(name: &str, pairs: &[(f64, f64)]) {
+    let (b, t, r, (lo, hi)) = paired(pairs);
+    println!(
+        "{:<34} {:>12.3} {:>14.3} {:>8.3}   {:.3}-{:.3}",
+        name,
+        b * 1e6,
+        t * 1e6,
+        r,
+        lo,
+        hi
+    );
+}
+
 fn main() {
     let kicks = arg("--kicks", 20000);
-    let irqs = arg("--irqs", 100_000);
-    let rounds = arg("--rounds", 5).max(1);
-    println!("notify and interrupt paths: {rounds} rounds interleaved, medians");
+    let irqs = arg("--irqs", 20_000);
+    let rounds = arg("--rounds", 15).max(1);
+    let pinned = match cpus_now() {
+        Some((main, helper)) => {
+            pin(main);
+            format!("measuring thread on CPU {main}, the threads it waits on on CPU {helper}")
+        }
+        None => "not pinned (one CPU)".into(),
+    };
+    println!("notify and interrupt paths: {rounds} rounds, floor and trapvisor alternating in each; {pinned}");
     println!(
-        "{:<34} {:>12} {:>14} {:>8}",
+        "{:<34} {:>12} {:>14} {:>8}   middle half of the round ratios",
         "path", "bare (us)", "trapvisor (us)", "ratio"
     );
 
-    // 1. Guest-free wake → handler entry.
+    // 1. Guest-free wake → handler entry (percentiles over every kick of every round).
     let (mut b, mut t) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    for _ in 0..rounds.min(5) {
         b.extend(wake_bare(kicks as usize));
         t.extend(wake_trapvisor(kicks as usize));
     }
@@ -518,52 +648,62 @@ fn main() {
     row("ioeventfd wake->handler p50", ns(b50), ns(t50));
     row("ioeventfd wake->handler p99", ns(b99), ns(t99));
 
-    // 2. Kicks from a real vCPU.
-    let (mut eb, mut et, mut ib, mut it) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // 2. Kicks from a real vCPU: a fresh VM per measurement, floor and trapvisor paired.
+    let (mut exit, mut evt) = (Vec::new(), Vec::new());
     let (mut ib_w, mut it_w) = (0, 0);
-    for _ in 0..rounds {
-        eb.push(exit_bare(kicks));
-        et.push(exit_trapvisor(kicks));
-        let (p, w) = ioeventfd_bare(kicks);
-        ib.push(p);
-        ib_w += w;
-        let (p, w) = ioeventfd_trapvisor(kicks);
-        it.push(p);
-        it_w += w;
+    for r in 0..rounds {
+        exit.push(pair_round(
+            r,
+            &mut || exit_bare(kicks).as_secs_f64(),
+            &mut || exit_trapvisor(kicks).as_secs_f64(),
+        ));
+        evt.push(pair_round(
+            r,
+            &mut || {
+                let (p, w) = ioeventfd_bare(kicks);
+                ib_w += w;
+                p.as_secs_f64()
+            },
+            &mut || {
+                let (p, w) = ioeventfd_trapvisor(kicks);
+                it_w += w;
+                p.as_secs_f64()
+            },
+        ));
     }
-    let (eb, et) = (median(&mut eb), median(&mut et));
-    let (ib, it) = (median(&mut ib), median(&mut it));
-    row("notify=exit, per kick (vCPU)", eb, et);
-    row("notify=ioeventfd, per kick (vCPU)", ib, it);
-    println!(
-        "  notify=exit / notify=ioeventfd per kick: bare {:.2}, trapvisor {:.2}",
-        eb.as_secs_f64() / ib.as_secs_f64(),
-        et.as_secs_f64() / it.as_secs_f64()
-    );
+    ratio_row("notify=exit, per kick (vCPU)", &exit);
+    ratio_row("notify=ioeventfd, per kick (vCPU)", &evt);
     let total = u64::from(kicks) * u64::from(rounds);
     println!(
         "  ioeventfd handler runs per {} kicks: bare {}, trapvisor {} (kicks coalesce)",
         total, ib_w, it_w
     );
 
-    // 3. Interrupt injection.
-    let (mut fb, mut ft, mut mb, mut mt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        fb.push(irqfd_bare(irqs));
-        ft.push(trigger_trapvisor(irqs, IrqMode::Irqfd));
-        mb.push(signal_msi_bare(irqs));
-        mt.push(trigger_trapvisor(irqs, IrqMode::Msi));
+    // 3. Interrupt injection: each path set up once, then `rounds` paired runs of `irqs`.
+    let (_v1, _c1, mut fb) = irqfd_bare();
+    let (_v2, _c2, mut mb) = signal_msi_bare();
+    let (_v3, _c3, _p3, _m3, _pci3, mut ft) = trigger_trapvisor(IrqMode::Irqfd);
+    let (_v4, _c4, _p4, _m4, _pci4, mut mt) = trigger_trapvisor(IrqMode::Msi);
+    let (mut f, mut m) = (Vec::new(), Vec::new());
+    // Warm up each path once.
+    for g in [&mut fb, &mut ft, &mut mb, &mut mt] {
+        per_op(irqs / 4 + 1, g.as_mut());
     }
-    let (fb, ft, mb, mt) = (
-        median(&mut fb),
-        median(&mut ft),
-        median(&mut mb),
-        median(&mut mt),
-    );
-    row("irq=irqfd, per interrupt", fb, ft);
-    row("irq=msi (KVM_SIGNAL_MSI), per int.", mb, mt);
-    println!(
-        "  irq=msi / irq=irqfd (trapvisor): {:.2}",
-        mt.as_secs_f64() / ft.as_secs_f64()
-    );
+    for r in 0..rounds * 2 {
+        f.push(pair_round(
+            r,
+            &mut || per_op(irqs, fb.as_mut()).as_secs_f64(),
+            &mut || per_op(irqs, ft.as_mut()).as_secs_f64(),
+        ));
+        m.push(pair_round(
+            r,
+            &mut || per_op(irqs, mb.as_mut()).as_secs_f64(),
+            &mut || per_op(irqs, mt.as_mut()).as_secs_f64(),
+        ));
+    }
+    ratio_row("irq=irqfd, per interrupt", &f);
+    ratio_row("irq=msi (KVM_SIGNAL_MSI), per int.", &m);
+    let (_, ftv, _, _) = paired(&f);
+    let (_, mtv, _, _) = paired(&m);
+    println!("  irq=msi / irq=irqfd (trapvisor): {:.2}", mtv / ftv);
 }

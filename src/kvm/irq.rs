@@ -20,6 +20,7 @@
 //! Devices see only the [`IrqRouting`] trait; unit tests use a fake. [`FunctionIrqRouting`]
 //! stamps one function's requester id on every message it routes or sends.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -159,6 +160,8 @@ pub struct KvmIrqRouter {
     devid: bool,
     state: Mutex<RouterState>,
     stats: Mutex<RouterStats>,
+    /// KVM_SIGNAL_MSI calls: an atomic, so the interrupt path takes no lock.
+    signal_msi: AtomicU64,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> IrqError {
@@ -179,11 +182,15 @@ impl KvmIrqRouter {
                 routes: BTreeMap::new(),
             }),
             stats: Mutex::new(RouterStats::default()),
+            signal_msi: AtomicU64::new(0),
         }
     }
 
     pub fn stats(&self) -> RouterStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        RouterStats {
+            signal_msi: self.signal_msi.load(Ordering::Relaxed),
+            ..*self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        }
     }
 
     /// Whether messages reach KVM with their requester id (`KVM_MSI_VALID_DEVID`).
@@ -278,10 +285,7 @@ impl IrqRouting for KvmIrqRouter {
             .vm
             .signal_msi(kvm_msi_of(msg, self.devid))
             .map_err(kvm_err("KVM_SIGNAL_MSI"))?;
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .signal_msi += 1;
+        self.signal_msi.fetch_add(1, Ordering::Relaxed);
         Ok(r > 0)
     }
 }

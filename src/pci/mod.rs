@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod config;
 pub mod msix;
+pub mod msix_fast;
 pub mod platform;
 pub mod root;
 

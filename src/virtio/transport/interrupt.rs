@@ -4,11 +4,14 @@
 //! device, which fires from whatever thread it runs on (the event loop, or a vCPU for
 //! notify=exit). Firing sets the ISR bit and fires the vector the driver chose for that queue
 //! (or for config) through [`Msix`]: an irqfd write or a KVM_SIGNAL_MSI; masked vectors pend.
+//! An open vector fires without the MSI-X lock ([`FastPath`]): no mutex on the interrupt path,
+//! which the vCPU's MSI-X table writes share.
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::pci::msix::{Fired, Msix};
+use crate::pci::msix_fast::FastPath;
 use crate::trace::timeline::{Flow, Timeline};
 use crate::virtio::{InterruptError, VirtioInterrupt, VirtioInterruptType};
 
@@ -28,10 +31,10 @@ pub struct InterruptStats {
 
 pub struct VirtioPciInterrupt {
     msix: Arc<Mutex<Msix>>,
+    fast: Arc<FastPath>,
     isr: AtomicU8,
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
-    delivered: AtomicU64,
     pending: AtomicU64,
     lost: AtomicU64,
     /// Tracing: the timeline, and the flow (kick) now being served (0: none).
@@ -41,12 +44,13 @@ pub struct VirtioPciInterrupt {
 
 impl VirtioPciInterrupt {
     pub fn new(msix: Arc<Mutex<Msix>>, nr_queues: usize) -> Self {
+        let fast = msix.lock().unwrap_or_else(|e| e.into_inner()).fast();
         VirtioPciInterrupt {
             msix,
+            fast,
             isr: AtomicU8::new(0),
             config_vector: AtomicU16::new(NO_VECTOR),
             queue_vectors: (0..nr_queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
-            delivered: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             timeline: OnceLock::new(),
@@ -78,7 +82,7 @@ impl VirtioPciInterrupt {
 
     pub fn stats(&self) -> InterruptStats {
         InterruptStats {
-            delivered: self.delivered.load(Ordering::Relaxed),
+            delivered: self.fast.total_delivered(),
             pending: self.pending.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
         }
@@ -160,7 +164,11 @@ impl VirtioInterrupt for VirtioPciInterrupt {
                 (ISR_QUEUE, slot.load(Ordering::Acquire))
             }
         };
-        self.isr.fetch_or(bit, Ordering::AcqRel);
+        // Only MSI-X here, so the ISR is informational: set, but not written when set already
+        // (one device's queues fire from several threads).
+        if self.isr.load(Ordering::Relaxed) & bit == 0 {
+            self.isr.fetch_or(bit, Ordering::AcqRel);
+        }
         if vector == NO_VECTOR {
             self.lost.fetch_add(1, Ordering::Relaxed);
             return Err(InterruptError::Delivery(
@@ -168,7 +176,11 @@ impl VirtioInterrupt for VirtioPciInterrupt {
             ));
         }
         let started = self.timeline.get().map(|_| Instant::now());
-        let fired = self.lock_msix().fire(vector);
+        let fired = if self.fast.try_fire(vector) {
+            Fired::Delivered
+        } else {
+            self.lock_msix().fire(vector)
+        };
         if let (Some(tl), Some(t0)) = (self.timeline.get(), started) {
             tl.span(
                 &format!("msi-x vector {vector}: {fired:?}"),
@@ -182,10 +194,7 @@ impl VirtioInterrupt for VirtioPciInterrupt {
             }
         }
         match fired {
-            Fired::Delivered => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Fired::Delivered => Ok(()),
             Fired::Pending => {
                 self.pending.fetch_add(1, Ordering::Relaxed);
                 Ok(())
