@@ -32,6 +32,11 @@ fn cells(b: &[u8], cells: u32) -> Option<(u64, &[u8])> {
     }
 }
 
+/// `at + fixed + len` rounded up to 4, or None on overflow.
+fn next_token(at: usize, fixed: usize, len: usize) -> Option<usize> {
+    Some(at.checked_add(fixed)?.checked_add(len)?.checked_add(3)? & !3)
+}
+
 /// A NUL-terminated string at the front of `b` (without the NUL).
 fn cstr(b: &[u8]) -> Option<&str> {
     let end = b.iter().position(|&c| c == 0)?;
@@ -184,8 +189,8 @@ impl<'a> Iterator for Nodes<'a> {
             };
             match tok {
                 BEGIN_NODE => {
-                    let name = cstr(self.fdt.structs.get(self.at + 4..)?)?;
-                    let props_at = (self.at + 4 + name.len() + 1 + 3) & !3;
+                    let name = cstr(self.fdt.structs.get(self.at.checked_add(4)?..)?)?;
+                    let props_at = next_token(self.at, 5, name.len())?;
                     if self.depth >= MAX_DEPTH {
                         self.done = true;
                         break;
@@ -214,13 +219,13 @@ impl<'a> Iterator for Nodes<'a> {
                 }
                 END_NODE => {
                     self.depth = self.depth.saturating_sub(1);
-                    self.at += 4;
+                    self.at = self.at.checked_add(4)?;
                 }
                 PROP => {
-                    let len = self.fdt.token(self.at + 4)? as usize;
-                    self.at = (self.at + 12 + len + 3) & !3;
+                    let len = self.fdt.token(self.at.checked_add(4)?)? as usize;
+                    self.at = next_token(self.at, 12, len)?;
                 }
-                NOP => self.at += 4,
+                NOP => self.at = self.at.checked_add(4)?,
                 _ => self.done = true, // END or garbage
             }
         }
@@ -236,14 +241,15 @@ impl<'a> Node<'a> {
         core::iter::from_fn(move || loop {
             match fdt.token(at)? {
                 PROP => {
-                    let len = fdt.token(at + 4)? as usize;
-                    let nameoff = fdt.token(at + 8)? as usize;
-                    let value = fdt.structs.get(at + 12..(at + 12).checked_add(len)?)?;
+                    let len = fdt.token(at.checked_add(4)?)? as usize;
+                    let nameoff = fdt.token(at.checked_add(8)?)? as usize;
+                    let start = at.checked_add(12)?;
+                    let value = fdt.structs.get(start..start.checked_add(len)?)?;
                     let name = cstr(fdt.strings.get(nameoff..)?)?;
-                    at = (at + 12 + len + 3) & !3;
+                    at = next_token(at, 12, len)?;
                     return Some((name, value));
                 }
-                NOP => at += 4,
+                NOP => at = at.checked_add(4)?,
                 _ => return None, // a child node, the node's end, or garbage
             }
         })
@@ -271,9 +277,12 @@ impl<'a> Node<'a> {
     /// Entry `i` of `reg`: (address, size), read with the parent's cells.
     pub fn reg(&self, i: usize) -> Option<(u64, u64)> {
         let (ac, sc) = self.parent_cells;
+        if ac > 2 || sc > 2 {
+            return None;
+        }
         let stride = 4 * (ac + sc) as usize;
         let v = self.prop("reg")?;
-        let entry = v.get(i.checked_mul(stride)?..(i + 1).checked_mul(stride)?)?;
+        let entry = v.get(i.checked_mul(stride)?..i.checked_add(1)?.checked_mul(stride)?)?;
         let (addr, rest) = cells(entry, ac)?;
         let (size, _) = cells(rest, sc)?;
         Some((addr, size))

@@ -226,6 +226,9 @@ fn pci_host(n: &Node) -> Result<PciHost, &'static str> {
     };
     let parent_ac = n.parent_cells.0 as usize;
     let sc = n.prop_u32("#size-cells").unwrap_or(2) as usize;
+    if !(1..=2).contains(&parent_ac) || !(1..=2).contains(&sc) {
+        return Err("the PCI host bridge's ranges use more than 2 cells for an address or size");
+    }
     let stride = 3 + parent_ac + sc;
     if let Some(ranges) = n.prop("ranges") {
         let words: [u32; 64] = {
