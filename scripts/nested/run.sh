@@ -267,8 +267,9 @@ run_one() {
     s=$(date +%s.%N)
     timeout -k 10 "$t" "$@" >"$R/$n/console" 2>"$R/$n/stderr" </dev/null &
     cmd=$!
-    # 25 s before the limit, a post-mortem of what is still running (a hang's evidence).
-    ( sleep $((t - 25)) && dump_vmm >"$R/$n/hang" 2>&1 ) &
+    # 25 s before the limit (at 3/4 of a short one), a post-mortem of what is still running
+    # (a hang's evidence).
+    ( sleep $((t > 50 ? t - 25 : t * 3 / 4)) && dump_vmm >"$R/$n/hang" 2>&1 ) &
     watch=$!
     wait $cmd
     rc=$?
