@@ -67,7 +67,7 @@ kpkg=$(cat "$root/.cache/kernel/.package")
 # Everything that decides the kit's contents.
 stamp_want=$({
     echo "$kpkg"
-    sha256sum "$here/guest-kit.sh" "$here/l1-init.sh" "$here/l2-init.sh" | awk '{ print $1 }'
+    sha256sum "$here/guest-kit.sh" "$here/kit-lib.sh" "$here/l1-init.sh" "$here/l2-init.sh" | awk '{ print $1 }'
 } | sha256sum | awk '{ print $1 }')
 if [ -s "$kit/l1.cpio.gz" ] && [ -s "$kit/l2.cpio.gz" ] &&
     [ "$(cat "$kit/.stamp" 2>/dev/null)" = "$stamp_want" ]; then
@@ -116,50 +116,19 @@ for p in iperf3 libiperf0 libsctp1 libssl3 libc6; do
     dpkg-deb -x "$(deb "$p")" "$work/user"
 done
 
-# A skeleton initramfs root in $1: busybox with its applet links, /init from $2.
+# shellcheck source=kit-lib.sh
+source "$here/kit-lib.sh"
+applets=$("$busybox" --list)
 skeleton() {
-    local r=$1
-    mkdir -p "$r"/{bin,sbin,dev,proc,sys,tmp,run,etc,root,mnt}
-    cp "$busybox" "$r/bin/busybox"
-    local a
-    for a in $("$busybox" --list); do
-        [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"
-    done
-    install -m 0755 "$2" "$r/init"
+    kit_skeleton "$1" "$2" "$busybox" "$applets"
 }
-
-# Modules $2... with their dependencies into root $1, plus /etc/modules.load (insmod order) and
-# a modules.dep made by depmod.
 add_modules() {
     local r=$1
     shift
-    local m line ko
-    : >"$r/etc/modules.load"
-    for m in "$@"; do
-        modprobe -d "$work/k" -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
-            case "$line" in
-            insmod\ *)
-                ko=${line#insmod }
-                ko=${ko%% *}
-                rel=${ko#"$work/k"}
-                mkdir -p "$r$(dirname "$rel")"
-                cp "$ko" "$r$rel"
-                grep -qxF "$rel" "$r/etc/modules.load" || echo "$rel" >>"$r/etc/modules.load"
-                ;;
-            builtin\ *) ;;
-            esac
-        done
-    done
-    [ -s "$r/etc/modules.load" ] || die "none of $* found in $kpkg"
-    cp "$work/k/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$r/lib/modules/$kver/"
-    depmod -b "$r" "$kver"
+    kit_add_modules "$r" "$work/k" "$kver" "$@"
 }
-
-# Packs root $1 into $2 (newc cpio, gzip), owned by root.
 pack() {
-    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | "$busybox" cpio -o -H newc -R 0:0 2>/dev/null) |
-        gzip -6 >"$2.tmp"
-    mv -f "$2.tmp" "$2"
+    kit_pack "$1" "$2" "$busybox"
 }
 
 mkdir -p "$kit"

@@ -78,7 +78,8 @@ kpkg=$(apt-cache "${apt_arm64[@]}" depends linux-image-cloud-arm64 2>/dev/null |
 
 stamp_want=$({
     echo "$kpkg"
-    sha256sum "$here/kit-aarch64.sh" "$here/l1-init-aarch64.sh" "$here/l2-init.sh" | awk '{ print $1 }'
+    sha256sum "$here/kit-aarch64.sh" "$here/kit-lib.sh" "$here/l1-init-aarch64.sh" "$here/l2-init.sh" |
+        awk '{ print $1 }'
 } | sha256sum | awk '{ print $1 }')
 if [ -s "$kit/l1.cpio.gz" ] && [ -s "$kit/l2.cpio.gz" ] && [ -s "$kit/Image" ] &&
     [ "$(cat "$kit/.stamp" 2>/dev/null)" = "$stamp_want" ]; then
@@ -134,41 +135,19 @@ done
 # The applets of the arm64 busybox: the same package as the host's, so the same list.
 applets=$("$hostbb" --list)
 
+# shellcheck source=kit-lib.sh
+source "$here/kit-lib.sh"
 skeleton() {
-    local r=$1 a
-    mkdir -p "$r"/{bin,sbin,dev,proc,sys,tmp,run,etc,root,mnt,usr/bin}
-    cp "$busybox" "$r/bin/busybox"
-    for a in $applets; do
-        [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"
-    done
-    install -m 0755 "$2" "$r/init"
-    echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
-    echo "root:x:0:" >"$r/etc/group"
-    printf '127.0.0.1 localhost\n' >"$r/etc/hosts"
+    kit_skeleton "$1" "$2" "$busybox" "$applets"
+    mkdir -p "$1/usr/bin"
+    echo "root:x:0:0:root:/root:/bin/sh" >"$1/etc/passwd"
+    echo "root:x:0:" >"$1/etc/group"
+    printf '127.0.0.1 localhost\n' >"$1/etc/hosts"
 }
-
-# Modules $2... with their dependencies into root $1, /etc/modules.load in insmod order.
 add_modules() {
-    local r=$1 m line ko rel
+    local r=$1
     shift
-    : >"$r/etc/modules.load"
-    for m in "$@"; do
-        modprobe -d "$work/k" -S "$kver" --show-depends "$m" 2>/dev/null | while read -r line; do
-            case "$line" in
-            insmod\ *)
-                ko=${line#insmod }
-                ko=${ko%% *}
-                rel=${ko#"$work/k"}
-                mkdir -p "$r$(dirname "$rel")"
-                cp "$ko" "$r$rel"
-                grep -qxF "$rel" "$r/etc/modules.load" || echo "$rel" >>"$r/etc/modules.load"
-                ;;
-            esac
-        done
-    done
-    [ -s "$r/etc/modules.load" ] || die "none of $* found in $kpkg"
-    cp "$work/k/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$r/lib/modules/$kver/"
-    depmod -b "$r" "$kver"
+    kit_add_modules "$r" "$work/k" "$kver" "$@"
 }
 
 # iperf3 and the shared libraries it needs (readelf's NEEDED, followed), from the packages.
@@ -194,11 +173,8 @@ add_iperf3() {
     cp -L "$work/user/lib/ld-linux-aarch64.so.1" "$r/lib/ld-linux-aarch64.so.1"
 }
 
-# Packs root $1 into $2 (newc cpio, gzip), owned by root.
 pack() {
-    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | "$hostbb" cpio -o -H newc -R 0:0 2>/dev/null) |
-        gzip -6 >"$2.tmp"
-    mv -f "$2.tmp" "$2"
+    kit_pack "$1" "$2" "$hostbb"
 }
 
 mkdir -p "$kit"
