@@ -43,6 +43,89 @@ fn command_line_reaches_the_guest() {
     );
 }
 
+/// Firecracker's default boot arguments plus the `pci=off` it appends: the guest passes over
+/// every one of them (saying which, once) and runs its default sequence.
+#[test]
+fn kernel_parameters_of_other_vmms_are_passed_over() {
+    let fc = "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux \
+              i8042.nomux i8042.nopnp i8042.dumbkbd";
+    let out = run(&["run", "--cmdline", fc]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let said = format!("trapvisor-guest: ignored kernel parameters: {fc}\n");
+    assert_eq!(out.stdout.matches(&said).count(), 1, "{}", out.dump());
+    assert_eq!(
+        out.stdout.matches("ignored kernel").count(),
+        1,
+        "{}",
+        out.dump()
+    );
+    for line in [
+        "pio-loop: 1000 exits, sink=1000",
+        "cpl3: ok",
+        "trapvisor-guest: PASS",
+    ] {
+        assert!(
+            out.stdout.contains(line),
+            "missing '{line}': {}",
+            out.dump()
+        );
+    }
+
+    // Mixed with commands: only the commands run; a guest command that parses wins over the
+    // kernel option of the same name (`idle` would halt; `idle=poll` is Linux's).
+    let out = run(&[
+        "run",
+        "--cmdline",
+        "idle=poll hello virtio_mmio.device=4K@0xd0000000:5 pio-loop=3 net.ifnames=0",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    assert!(
+        out.stdout.contains(
+            "trapvisor-guest: ignored kernel parameters: idle=poll \
+             virtio_mmio.device=4K@0xd0000000:5 net.ifnames=0\n"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("pio-loop: 3 exits, sink=3"),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stdout.contains("mmio-loop"), "{}", out.dump());
+
+    // Nothing ignored: no such line.
+    let out = run(&["run", "--cmdline", "hello"]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    assert!(!out.stdout.contains("ignored"), "{}", out.dump());
+}
+
+/// A misspelt command of the guest's own still fails, kernel parameters around it or not.
+#[test]
+fn misspelt_commands_still_fail_among_kernel_parameters() {
+    for (cmdline, why) in [
+        ("console=ttyS0 helo pci=off", "unknown command: helo"),
+        ("pci=off pio-loop=lots", "bad value: pio-loop=lots"),
+        ("panic=1 net.pingg=10.0.2.1", "net.pingg=10.0.2.1"),
+        ("reboot=k hello=1", "bad value: hello=1"),
+        ("=off", "unknown command: =off"),
+    ] {
+        let out = run(&["run", "--cmdline", cmdline]);
+        assert_eq!(out.code, Some(1), "{cmdline}: {}", out.dump());
+        assert!(
+            out.stdout.contains("trapvisor-guest: FAIL"),
+            "{cmdline}: {}",
+            out.dump()
+        );
+        assert!(out.stdout.contains(why), "{cmdline}: {}", out.dump());
+        assert!(
+            !out.stdout.contains("ignored kernel"),
+            "{cmdline}: {}",
+            out.dump()
+        );
+    }
+}
+
 #[test]
 fn fail_verdict_exits_1() {
     let out = run(&["run", "--cmdline", "fail"]);

@@ -1,7 +1,11 @@
 //! The command line: space-separated words, each one command.
 //!
 //! An empty command line runs [`DEFAULT`]. Every word is parsed before any runs, so a typo fails
-//! the guest before it does anything.
+//! the guest before it does anything. Words meant for a Linux kernel, which other VMMs put on
+//! every command line (Firecracker appends `pci=off` and boots with `reboot=k panic=1
+//! 8250.nr_uarts=0 i8042.noaux ...`), are passed over ([`classify`]): a known kernel option, or
+//! a key with a dot (a module parameter) outside the guest's own `net.` commands. Anything else
+//! that is not a command still fails.
 
 /// The sequence run for an empty command line (per arch: x86 has port I/O, aarch64 does not).
 pub const DEFAULT: &str = crate::arch::commands::DEFAULT;
@@ -99,5 +103,121 @@ pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
         "exit" => Ok(Command::Exit(count(None)?)),
         "fail" => no_value(Command::Fail),
         _ => Err(ParseError::Unknown(word)),
+    }
+}
+
+/// Kernel options (the part before `=`) a VMM or a user may put on a Linux command line; the
+/// guest passes over them when they are not one of its own commands in a form it accepts
+/// (`pci` lists the bus, `pci=off` is Linux's; `idle` halts, `idle=poll` is Linux's).
+const KERNEL_OPTIONS: &[&str] = &[
+    "acpi",
+    "apic",
+    "audit",
+    "clocksource",
+    "console",
+    "crashkernel",
+    "debug",
+    "earlycon",
+    "earlyprintk",
+    "hugepages",
+    "idle",
+    "ignore_loglevel",
+    "init",
+    "initcall_debug",
+    "initrd",
+    "iommu",
+    "ip",
+    "isolcpus",
+    "keep_bootcon",
+    "kpti",
+    "loglevel",
+    "lpj",
+    "maxcpus",
+    "mem",
+    "memmap",
+    "mitigations",
+    "net.ifnames",
+    "nfsroot",
+    "no-kvmapf",
+    "no-kvmclock",
+    "no_timer_check",
+    "noapic",
+    "noexec",
+    "nohz",
+    "noinitrd",
+    "nokaslr",
+    "nolapic",
+    "nomce",
+    "nomodeset",
+    "nomodule",
+    "nopti",
+    "noreplace-smp",
+    "nosmp",
+    "nosmt",
+    "notsc",
+    "nowatchdog",
+    "nox2apic",
+    "nr_cpus",
+    "panic",
+    "panic_on_warn",
+    "pci",
+    "possible_cpus",
+    "pti",
+    "quiet",
+    "rcu_nocbs",
+    "rdinit",
+    "reboot",
+    "ro",
+    "root",
+    "rootdelay",
+    "rootflags",
+    "rootfstype",
+    "rootwait",
+    "rw",
+    "security",
+    "selinux",
+    "swiotlb",
+    "transparent_hugepage",
+    "tsc",
+    "vga",
+    "video",
+];
+
+/// Whether `word` is a parameter for a Linux kernel rather than a command: its key (before `=`)
+/// is in [`KERNEL_OPTIONS`], or has a dot (`8250.nr_uarts=0`, `i8042.noaux`: module
+/// parameters) and is not one of the guest's `net.` commands.
+pub fn is_kernel_param(word: &str) -> bool {
+    let key = word.split_once('=').map_or(word, |(k, _)| k);
+    if key.is_empty() {
+        return false;
+    }
+    KERNEL_OPTIONS.contains(&key) || (key.contains('.') && !key.starts_with("net."))
+}
+
+/// A command, `None` for a kernel parameter to pass over (see [`is_kernel_param`]), or why the
+/// word is neither: one of the guest's own commands always wins when it parses.
+pub fn classify(word: &str) -> Result<Option<Command>, ParseError<'_>> {
+    match parse(word) {
+        Ok(c) => Ok(Some(c)),
+        Err(_) if is_kernel_param(word) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The kernel parameters of a command line, space-separated, for the one line that says which
+/// were passed over.
+pub struct Ignored<'a>(pub &'a str);
+
+impl core::fmt::Display for Ignored<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut first = true;
+        for w in words(self.0).filter(|w| matches!(classify(w), Ok(None))) {
+            if !first {
+                f.write_str(" ")?;
+            }
+            f.write_str(w)?;
+            first = false;
+        }
+        Ok(())
     }
 }

@@ -4,26 +4,28 @@ use crate::arch::{self, testdev, BootInfo};
 use crate::cmdline::{self, Command, ParseError};
 use crate::{drivers, pci, println, report};
 
-/// Parses and runs `line` (empty: [`cmdline::DEFAULT`]); never returns.
+/// Parses and runs the command line (empty, or only kernel parameters: [`cmdline::DEFAULT`]);
+/// never returns.
 pub fn run_all(info: &BootInfo) -> ! {
     let raw = match core::str::from_utf8(info.cmdline()) {
         Ok(s) => s,
         Err(_) => crate::fail!("the command line is not UTF-8"),
     };
-    let line = if raw.trim().is_empty() {
-        cmdline::DEFAULT
-    } else {
-        raw
-    };
-    for word in cmdline::words(line) {
-        match cmdline::parse(word) {
-            Ok(Command::Net(n)) => crate::net::configure(&n),
-            Ok(c) => {
+    let (mut commands, mut ignored) = (0, 0);
+    for word in cmdline::words(raw) {
+        match cmdline::classify(word) {
+            Ok(Some(Command::Net(n))) => {
+                crate::net::configure(&n);
+                commands += 1;
+            }
+            Ok(Some(c)) => {
                 if let Some(why) = arch::commands::unsupported(&c) {
                     println!("unsupported command: {}", word);
                     crate::fail!("{}: {}", word, why);
                 }
+                commands += 1;
             }
+            Ok(None) => ignored += 1,
             Err(ParseError::Unknown(w)) => {
                 println!("unknown command: {}", w);
                 crate::fail!("unknown command: {}", w);
@@ -34,8 +36,16 @@ pub fn run_all(info: &BootInfo) -> ! {
             }
         }
     }
+    if ignored > 0 {
+        println!(
+            "trapvisor-guest: ignored kernel parameters: {}",
+            cmdline::Ignored(raw)
+        );
+    }
+    // Nothing but kernel parameters (Firecracker's default boot arguments): the default run.
+    let line = if commands == 0 { cmdline::DEFAULT } else { raw };
     for word in cmdline::words(line) {
-        if let Ok(command) = cmdline::parse(word) {
+        if let Ok(Some(command)) = cmdline::classify(word) {
             run(command, info, raw);
         }
     }
