@@ -31,6 +31,7 @@ fn bare(cmdline: &str) -> Duration {
             cmdline,
             mem_size: 64 << 20,
             machine: &machine,
+            phases: None,
         },
     )
     .expect("load");

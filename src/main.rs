@@ -18,6 +18,7 @@ const TRACE_CAPACITY: usize = 1_000_000;
 const EXIT_GUEST_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_USAGE, &e),
         },
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, started),
         Command::TraceSummary { path, last } => {
             match trapvisor::trace::timeline::summarize_file(&path, last)
                 .with_context(|| format!("cannot summarize {}", path.display()))
@@ -68,7 +69,7 @@ fn fail(code: u8, e: &anyhow::Error) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(args: RunArgs, started: std::time::Instant) -> ExitCode {
     // Before any thread exists, so that every thread inherits the blocked SIGINT/SIGTERM.
     let signals = match StopSignals::new().context("cannot set up signal handling") {
         Ok(s) => s,
@@ -93,6 +94,7 @@ fn run(args: RunArgs) -> ExitCode {
         rng: args.rng,
         net: args.net,
         disks: args.disk,
+        started: Some(started),
     };
     let mut vmm = match Vmm::new(cfg) {
         Ok(v) => v,

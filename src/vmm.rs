@@ -18,6 +18,7 @@ use crate::pci::platform::{PciPlatform, PlatformError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::kstats::KernelStats;
+use crate::trace::phases::StartPhases;
 use crate::trace::timeline::Timeline;
 use crate::userfile::{self, FileError, Role};
 use crate::virtio::rng::{Rng, RngConfig};
@@ -82,6 +83,9 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// virtio-blk devices on PCI, one per image (`--disk`).
     pub disks: Vec<DiskConfig>,
+    /// When the process started (`main`): the start phases count from there, the first one
+    /// being `parse`. `None`: from `Vmm::new`.
+    pub started: Option<std::time::Instant>,
 }
 
 impl VmConfig {
@@ -97,6 +101,7 @@ impl VmConfig {
             rng: None,
             net: Vec::new(),
             disks: Vec::new(),
+            started: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Vmm {
     seccomp_selftest: bool,
     /// Exit statistics recorded (on unless `set_exit_stats(false)`).
     exit_stats_on: bool,
+    /// The start so far (`new` and `run` add to it).
+    phases: StartPhases,
 }
 
 impl Vmm {
@@ -150,6 +157,10 @@ impl Vmm {
             return Err(VmmError::Cpus(cfg.cpus));
         }
         let nr_cpus = cfg.cpus as u8;
+        let mut phases = StartPhases::new(cfg.started.unwrap_or_else(std::time::Instant::now));
+        if cfg.started.is_some() {
+            phases.mark("parse");
+        }
         // Open the files first: a bad path is reported before any VM exists. Disks are opened
         // and locked here too.
         let mut blks = Vec::new();
@@ -166,9 +177,11 @@ impl Vmm {
         };
 
         let mut vm = Vm::new(cfg.mem_size)?;
+        phases.mark("kvm+ram");
         // Every vCPU and the interrupt controller first: on aarch64 the GIC needs every vCPU,
         // and irqfds (the devices below) and MSI routes with device ids need the GIC and ITS.
         let (vcpus, machine) = vm.create_vcpus(nr_cpus)?;
+        phases.mark("vcpus+irqchip");
         let console = SharedConsole(Arc::new(Mutex::new(cfg.console)));
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
@@ -197,6 +210,7 @@ impl Vmm {
             disks.push(dev.handle());
             pci.add_virtio(Box::new(dev), transport)?;
         }
+        phases.mark("devices");
 
         let source = match (&cfg.kernel, kernel_file.as_mut()) {
             (Kernel::File(_), Some(f)) => KernelSource::File(f),
@@ -224,6 +238,7 @@ impl Vmm {
                 cmdline: &cfg.cmdline,
                 mem_size: cfg.mem_size,
                 machine: &machine,
+                phases: Some(&mut phases),
             },
         )?;
 
@@ -234,6 +249,7 @@ impl Vmm {
             vm.fd(),
             &vcpus.iter().collect::<Vec<_>>(),
         ));
+        phases.mark("vcpu setup");
         Ok(Vmm {
             pci,
             nets,
@@ -251,6 +267,7 @@ impl Vmm {
             seccomp: SeccompMode::Off,
             seccomp_selftest: false,
             exit_stats_on: true,
+            phases,
         })
     }
 
@@ -356,11 +373,22 @@ impl Vmm {
             .collect()
     }
 
-    /// The exit table of every vCPU and of all of them together.
+    /// The VMM's start phase by phase, up to the first KVM_RUN (one line).
+    pub fn format_start_phases(&self) -> String {
+        self.phases.format(self.control.first_run())
+    }
+
+    /// The start phases so far (the first KVM_RUN is [`VmControl::first_run`]).
+    pub fn start_phases(&self) -> &StartPhases {
+        &self.phases
+    }
+
+    /// The start phases, then the exit table of every vCPU and of all of them together.
     pub fn format_exit_stats(&self) -> String {
         let per_vcpu = self.exit_stats();
         let mut all = ExitStats::default();
-        let mut out = String::new();
+        let mut out = self.format_start_phases();
+        out.push('\n');
         for (id, s) in per_vcpu.iter().enumerate() {
             all.merge(s);
             if per_vcpu.len() > 1 {
@@ -439,6 +467,7 @@ impl Vmm {
                 }
             }),
         )?;
+        self.phases.mark("threads");
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let stats = self.exit_stats[id].clone();

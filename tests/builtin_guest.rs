@@ -126,6 +126,51 @@ fn misspelt_commands_still_fail_among_kernel_parameters() {
     }
 }
 
+/// `--stats` starts with the VMM's start, phase by phase, up to the first KVM_RUN.
+#[test]
+fn stats_show_the_start_phases() {
+    let out = run(&["run", "--stats", "--cmdline", "hello"]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("start phases (ms): "))
+        .unwrap_or_else(|| panic!("no start phases: {}", out.dump()));
+    let (list, total) = line.split_once("; ").expect("phases; total");
+    let phases: Vec<(&str, f64)> = list
+        .split(", ")
+        .map(|p| {
+            let (name, ms) = p.rsplit_once(' ').expect("name ms");
+            (name, ms.parse().expect("milliseconds"))
+        })
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+    assert_eq!(
+        names,
+        [
+            "parse",
+            "kvm+ram",
+            "vcpus+irqchip",
+            "devices",
+            "kernel",
+            "acpi+boot tables",
+            "vcpu setup",
+            "threads",
+            "to KVM_RUN"
+        ],
+        "{line}"
+    );
+    let total: f64 = total
+        .strip_suffix(" to the first KVM_RUN")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no total: {line}"));
+    let sum: f64 = phases.iter().map(|p| p.1).sum();
+    assert!(phases.iter().all(|p| p.1 >= 0.0), "{line}");
+    // Each phase is rounded to 0.01 ms.
+    assert!((sum - total).abs() < 0.1, "{line}");
+    assert!(total > 0.0 && total < 10_000.0, "{line}");
+}
+
 #[test]
 fn fail_verdict_exits_1() {
     let out = run(&["run", "--cmdline", "fail"]);

@@ -84,6 +84,9 @@ pub struct BootConfig<'a> {
     /// What [`setup_vcpus`] made: the vCPUs (their number and ids) and the interrupt
     /// controller, for the boot tables.
     pub machine: &'a Machine,
+    /// When given, the loader marks its phases here (x86_64: `kernel`, `initrd`, `acpi+boot
+    /// tables`; see `trace::phases`).
+    pub phases: Option<&'a mut crate::trace::phases::StartPhases>,
 }
 
 /// A guest RAM range: its start and length.

@@ -6,8 +6,8 @@
 //! the API returns once all of them are parked, so no exit happens while paused.
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -39,6 +39,8 @@ pub struct VmControl {
     changed: Condvar,
     /// vCPU threads currently running their loop.
     running: AtomicUsize,
+    /// When a vCPU first entered KVM_RUN (the end of the VMM's start).
+    first_run: OnceLock<Instant>,
 }
 
 impl VmControl {
@@ -52,6 +54,7 @@ impl VmControl {
             run: Mutex::new(RunState::default()),
             changed: Condvar::new(),
             running: AtomicUsize::new(0),
+            first_run: OnceLock::new(),
         })
     }
 
@@ -109,6 +112,16 @@ impl VmControl {
     /// Readable when the VM thread must kick the vCPUs; it reads it to clear it.
     pub fn kick_evt(&self) -> &EventFd {
         &self.kick_evt
+    }
+
+    /// A vCPU is about to enter KVM_RUN for the first time; the first such moment is kept.
+    pub fn note_first_run(&self) {
+        self.first_run.get_or_init(Instant::now);
+    }
+
+    /// When a vCPU first entered KVM_RUN (`None`: none has yet).
+    pub fn first_run(&self) -> Option<Instant> {
+        self.first_run.get().copied()
     }
 
     /// A vCPU thread starts (`true`) or ends (`false`) its loop.

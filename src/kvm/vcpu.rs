@@ -227,6 +227,7 @@ fn run_loop(
         pio: &ctx.pio,
         mmio: &ctx.mmio,
     };
+    ctx.control.note_first_run();
     loop {
         if ctx.control.is_stopping() {
             return;

@@ -199,6 +199,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         cmdline,
         mem_size,
         machine,
+        phases,
     } = cfg;
     let nr_cpus = machine.nr_cpus;
     if nr_cpus == 0 {
@@ -239,6 +240,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
                 cmdline_size,
                 mem_size,
                 nr_cpus,
+                phases,
             )
         }
         KernelSource::Builtin(bytes) => {
@@ -251,12 +253,14 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
                 cmdline_size,
                 mem_size,
                 nr_cpus,
+                phases,
             )
         }
     }
 }
 
 /// Command line, initrd, ACPI and the protocol's boot table for a loaded Linux/PVH kernel.
+#[allow(clippy::too_many_arguments)]
 fn finish_load(
     mem: &GuestMemoryMmap,
     kernel: loader::LoadedKernel,
@@ -265,12 +269,21 @@ fn finish_load(
     cmdline_size: usize,
     mem_size: u64,
     nr_cpus: u8,
+    mut phases: Option<&mut crate::trace::phases::StartPhases>,
 ) -> Result<BootEntry, ArchError> {
+    let mut mark = |name| {
+        if let Some(p) = phases.as_deref_mut() {
+            p.mark(name);
+        }
+    };
+    mark("kernel");
     loader::write_cmdline(mem, cmdline)?;
     let initrd = match initrd {
         Some(file) => {
             let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
-            Some(loader::load_initrd(mem, file, kernel.end, top)?)
+            let placed = loader::load_initrd(mem, file, kernel.end, top)?;
+            mark("initrd");
+            Some(placed)
         }
         None => None,
     };
@@ -289,6 +302,7 @@ fn finish_load(
         BootEntry::Pvh { .. } => bootparams::write_pvh_info(mem, mem_size, initrd)?,
         BootEntry::RealMode { .. } => unreachable!("real-mode images are not loaded here"),
     }
+    mark("acpi+boot tables");
     Ok(kernel.entry)
 }
 

@@ -115,6 +115,7 @@ fn boot(
             cmdline,
             mem_size: mem.iter().map(|r| r.len()).sum(),
             machine: &Machine::new(2),
+            phases: None,
         },
     )
 }
@@ -470,6 +471,7 @@ fn no_vcpus_is_refused() {
             cmdline: "",
             mem_size: 1 << 20,
             machine: &Machine::new(0),
+            phases: None,
         },
     )
     .unwrap_err();
