@@ -44,6 +44,8 @@ pub enum Command {
     Fail,
     /// `net.*`: virtio-net and the IPv4 stack (see `net`).
     Net(crate::net::NetCommand),
+    /// `blk.*`: virtio-blk (see `blk`).
+    Blk(crate::blk::BlkCommand),
 }
 
 /// Why a word is not a command.
@@ -71,6 +73,9 @@ fn number(s: &str) -> Option<u32> {
 pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
     if word.starts_with("net.") {
         return crate::net::parse(word).map(Command::Net);
+    }
+    if word.starts_with("blk.") {
+        return crate::blk::parse(word).map(Command::Blk);
     }
     let (name, value) = match word.split_once('=') {
         Some((n, v)) => (n, Some(v)),
@@ -185,13 +190,14 @@ const KERNEL_OPTIONS: &[&str] = &[
 
 /// Whether `word` is a parameter for a Linux kernel rather than a command: its key (before `=`)
 /// is in [`KERNEL_OPTIONS`], or has a dot (`8250.nr_uarts=0`, `i8042.noaux`: module
-/// parameters) and is not one of the guest's `net.` commands.
+/// parameters) and is not one of the guest's `net.` or `blk.` commands.
 pub fn is_kernel_param(word: &str) -> bool {
     let key = word.split_once('=').map_or(word, |(k, _)| k);
     if key.is_empty() {
         return false;
     }
-    KERNEL_OPTIONS.contains(&key) || (key.contains('.') && !key.starts_with("net."))
+    KERNEL_OPTIONS.contains(&key)
+        || (key.contains('.') && !key.starts_with("net.") && !key.starts_with("blk."))
 }
 
 /// A command, `None` for a kernel parameter to pass over (see [`is_kernel_param`]), or why the

@@ -18,6 +18,10 @@ pub fn run_all(info: &BootInfo) -> ! {
                 crate::net::configure(&n);
                 commands += 1;
             }
+            Ok(Some(Command::Blk(b))) => {
+                crate::blk::configure(&b);
+                commands += 1;
+            }
             Ok(Some(c)) => {
                 if let Some(why) = arch::commands::unsupported(&c) {
                     println!("unsupported command: {}", word);
@@ -73,6 +77,7 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
         }
         Command::Fail => crate::fail!("fail requested on the command line"),
         Command::Net(n) => crate::net::run(n, info),
+        Command::Blk(b) => crate::blk::run(b, info),
     }
 }
 

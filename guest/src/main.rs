@@ -10,6 +10,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod arch;
+mod blk;
 mod cmdline;
 mod commands;
 mod crc32;
