@@ -161,6 +161,16 @@ fn hostile_requests_get_ioerr_or_unsupp_and_good_ones_work_after() {
         out.dump()
     );
     assert!(!out.stdout.contains("WRONG"), "{}", out.dump());
+    // On a read-only disk too (no DISCARD offered: discards are UNSUPP), the image untouched.
+    let before = checksum(&img);
+    let out = run(&img, ",readonly=on", "blk.hostile");
+    assert_pass(&out);
+    assert!(
+        out.stdout.contains("blk: hostile cases=17 wrong=0"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(checksum(&img), before);
 }
 
 #[test]
@@ -266,4 +276,110 @@ fn bad_disk_input_is_one_line_and_exit_2() {
         "hello",
     ]);
     assert_eq!(out.code, Some(0), "{}", out.dump());
+}
+
+/// The disk as the API, `ctl` and `--trace` show it: per-queue counters with latency, the
+/// image and its mode in the map, and flows from a kick through submission and completion to
+/// the interrupt.
+#[test]
+fn stats_map_and_trace_show_the_disk() {
+    let img = scratch("observe", 4 << 20);
+    let dir = img.parent().unwrap();
+    let sock = dir.join("observe.sock");
+    let trace = dir.join("observe.json");
+    let _ = std::fs::remove_file(&sock);
+    let child = trapvisor()
+        .args(["run", "--api-socket", sock.to_str().unwrap()])
+        .args(["--trace", trace.to_str().unwrap(), "--disk"])
+        .arg(format!(
+            "path={},readonly=off,serial=tv-disk-1",
+            img.display()
+        ))
+        .args([
+            "--cmdline",
+            "blk.write=0,count=512,seed=1 blk.verify=0,count=512,seed=1 blk.flush idle",
+        ])
+        .spawn()
+        .unwrap();
+    let s = sock.to_str().unwrap();
+    // Until the guest idles (the workload is over).
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..600 {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(v) = trapvisor::api::client::request(&sock, "GET", "/stats") else {
+            continue;
+        };
+        let c = &v["devices"][0]["counters"];
+        let over = c["q0.flush"].as_u64() == Some(1) && c["q0.inflight"].as_u64() == Some(0);
+        stats = v;
+        if over {
+            break;
+        }
+    }
+    let c = &stats["devices"][0]["counters"];
+    assert_eq!(
+        stats["devices"][0]["device"], "virtio-blk@00:01.0",
+        "{stats}"
+    );
+    assert_eq!(c["q0.write"].as_u64(), Some(2), "{c}");
+    assert_eq!(c["q0.read"].as_u64(), Some(2), "{c}");
+    assert_eq!(c["q0.written_bytes"].as_u64(), Some(512 * 512), "{c}");
+    assert_eq!(c["q0.inflight"].as_u64(), Some(0), "{c}");
+    assert!(c["q0.inflight_max"].as_u64().unwrap() >= 2, "{c}");
+    assert!(c["q0.latency_p99_us"].as_u64().unwrap() >= c["q0.latency_p50_us"].as_u64().unwrap());
+    assert!(c["q0.latency_max_us"].as_u64().unwrap() > 0, "{c}");
+    let out = common::run(&["ctl", "--api-socket", s, "stats"]);
+    assert!(
+        out.stdout.contains("q0.write=2") && out.stdout.contains("q0.latency_p50_us="),
+        "{}",
+        out.dump()
+    );
+    let out = common::run(&["ctl", "--api-socket", s, "map"]);
+    assert!(out.stdout.contains("virtio devices:"), "{}", out.dump());
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("virtio-blk@00:01.0") && l.contains("image="))
+        .unwrap_or("");
+    assert!(
+        line.contains(&format!("image={} rw", img.display())) && line.contains("engine=io_uring"),
+        "{}",
+        out.dump()
+    );
+    let out = common::run(&["ctl", "--api-socket", s, "shutdown"]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let out = wait(child, Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    // The timeline: a kick's flow goes through submission and completion to an interrupt.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().unwrap();
+    let step = |name: &str| {
+        events
+            .iter()
+            .filter(|e| e["cat"] == "flow" && e["name"] == name)
+            .filter_map(|e| e["id"].as_u64())
+            .collect::<std::collections::HashSet<u64>>()
+    };
+    let (kicks, subs, dones) = (
+        step("ioeventfd wakeup"),
+        step("submission"),
+        step("completion"),
+    );
+    let ends: std::collections::HashSet<u64> = events
+        .iter()
+        .filter(|e| e["cat"] == "flow" && e["ph"] == "f")
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    let whole = kicks
+        .iter()
+        .filter(|id| subs.contains(id) && dones.contains(id) && ends.contains(id))
+        .count();
+    assert!(
+        whole >= 1,
+        "no kick -> submission -> completion -> interrupt flow"
+    );
+    assert!(events.iter().any(|e| e["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("virtio-blk queue 0: submit"))));
 }

@@ -300,6 +300,18 @@ pub fn format_map(map: &Value) -> String {
             ));
         }
     }
+    let devices = map["devices"].as_array().map_or(&[][..], |v| v.as_slice());
+    if !devices.is_empty() {
+        out.push_str("virtio devices:\n");
+        for d in devices {
+            out.push_str(&format!(
+                "  {:<22} {} {}\n",
+                d["device"].as_str().unwrap_or(""),
+                d["options"].as_str().unwrap_or(""),
+                d["describe"].as_str().unwrap_or("")
+            ));
+        }
+    }
     let routes = map["msix_routes"]
         .as_array()
         .map_or(&[][..], |v| v.as_slice());

@@ -229,6 +229,11 @@ impl VmApi for VmView {
             "mmio": map_json(&self.mmio),
             "ioeventfds": ioeventfds_json(&reports),
             "msix_routes": msix_json(&reports),
+            "devices": reports
+                .iter()
+                .map(|(slot, r)| json!({"device": device_id(*slot, r), "options": r.options,
+                                        "describe": r.describe}))
+                .collect::<Vec<_>>(),
         })
     }
 

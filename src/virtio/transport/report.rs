@@ -38,6 +38,8 @@ pub struct DeviceReport {
     pub transport: TransportStats,
     /// The device's own counters ("tx0.frames", ...).
     pub counters: Vec<(String, u64)>,
+    /// The device in words (a disk: its image, mode and engine; a NIC: its TAP and MAC).
+    pub describe: String,
 }
 
 fn vector(v: u16) -> Option<u16> {
@@ -76,6 +78,7 @@ impl VirtioPciDevice {
             msix,
             transport: self.stats,
             counters: self.device.counters(),
+            describe: self.device.describe(),
         }
     }
 }
