@@ -8,6 +8,7 @@
 //! `engine=pool`), and [`MemEngine`], an image in memory for tests and fuzzing.
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -126,6 +127,8 @@ pub struct MemEngine {
     evt: EventFd,
     /// Operations still to fail with this errno (0: none), for tests of error paths.
     fail_next: i32,
+    /// While set, completions are held back (requests stay in flight), for tests of resets.
+    hold: Arc<AtomicBool>,
 }
 
 impl MemEngine {
@@ -135,7 +138,13 @@ impl MemEngine {
             done: Vec::new(),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
             fail_next: 0,
+            hold: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A switch that holds completions back while it is on.
+    pub fn hold_switch(&self) -> Arc<AtomicBool> {
+        self.hold.clone()
     }
 
     /// The next operation fails with `errno`.
@@ -205,7 +214,9 @@ impl Engine for MemEngine {
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
         let _ = self.evt.read();
-        out.append(&mut self.done);
+        if !self.hold.load(Ordering::SeqCst) {
+            out.append(&mut self.done);
+        }
     }
 
     fn completion_fd(&self) -> RawFd {

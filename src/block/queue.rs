@@ -115,6 +115,8 @@ pub(crate) struct Io {
     pub direct_align: Option<usize>,
     /// Stopped taking requests with a queue's worth in flight.
     throttled: bool,
+    /// The trace flow of the latest completion (the interrupt that follows ends it).
+    last_flow: u64,
 }
 
 /// A queue and what its worker waits on.
@@ -154,6 +156,7 @@ impl BlkQueue {
                     serial,
                     direct_align,
                     throttled: false,
+                    last_flow: 0,
                 },
             }),
             idle: Condvar::new(),
@@ -484,19 +487,39 @@ impl Io {
 }
 
 impl QueueState {
-    /// Pops and starts every available request (see the module comment).
+    /// Pops and starts every available request (see the module comment), then takes what
+    /// completed already: io_uring finishes a read from the page cache inside the submission,
+    /// so its completion is in the ring before this thread would sleep, and one wakeup serves
+    /// it.
     pub fn run_kick(&mut self, flow: u64) {
         let index = self.active.as_ref().map_or(0, |a| a.index);
-        if let Err(e) = self.pop_all(flow) {
-            self.io.counters.bad_chains += 1;
-            log::debug!("virtio-blk queue {index}: {e}");
-        }
-        if let Some(engine) = self.io.engine.as_mut() {
-            if let Err(e) = engine.submit() {
-                log::warn!("virtio-blk queue {index}: submission: {e}");
+        loop {
+            if let Err(e) = self.pop_all(flow) {
+                self.io.counters.bad_chains += 1;
+                log::debug!("virtio-blk queue {index}: {e}");
+            }
+            if let Some(engine) = self.io.engine.as_mut() {
+                if let Err(e) = engine.submit() {
+                    log::warn!("virtio-blk queue {index}: submission: {e}");
+                }
+            }
+            // A queue's worth was in flight: what just completed made room for more.
+            if !(self.reap() > 0 && self.io.throttled) {
+                break;
             }
         }
         self.signal(flow);
+    }
+
+    /// Finishes what completed (see the module comment), and takes more requests if the queue
+    /// had stopped with a queue's worth in flight.
+    pub fn run_done(&mut self) {
+        let finished = self.reap();
+        if finished > 0 && self.io.throttled {
+            self.run_kick(self.io.last_flow);
+        } else {
+            self.signal(self.io.last_flow);
+        }
     }
 
     fn pop_all(&mut self, flow: u64) -> Result<(), virtio_queue::Error> {
@@ -569,17 +592,18 @@ impl QueueState {
         Ok(())
     }
 
-    /// Finishes what completed (see the module comment).
-    pub fn run_done(&mut self) {
+    /// Takes the engine's completions: status bytes, used entries (not yet published).
+    /// Returns how many requests finished.
+    fn reap(&mut self) -> u32 {
         let QueueState { active, io } = self;
         let Some(engine) = io.engine.as_mut() else {
-            return;
+            return 0;
         };
         let mut done = std::mem::take(&mut io.done);
         engine.reap(&mut done);
         if done.is_empty() {
             io.done = done;
-            return;
+            return 0;
         }
         let now = Instant::now();
         let (mut flow, mut finished, mut resubmit) = (0, 0u32, false);
@@ -681,11 +705,10 @@ impl QueueState {
                 let _ = engine.submit();
             }
         }
-        if io.throttled {
-            self.run_kick(flow);
-        } else {
-            self.signal(flow);
+        if flow != 0 {
+            io.last_flow = flow;
         }
+        finished
     }
 
     /// Publishes the used entries and interrupts the driver if it wants it.

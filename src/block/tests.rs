@@ -283,6 +283,7 @@ fn io_errors_and_a_reset_with_requests_in_flight() {
     let image = Arc::new(Mutex::new(vec![0u8; 8 * 512]));
     let mut engine = MemEngine::new(image).unwrap();
     engine.fail_next(libc::EIO);
+    let hold = engine.hold_switch();
     let dev = Blk::with_engines(&DiskConfig::new("/e.img"), 8, vec![Box::new(engine)]).unwrap();
     let mut r = Rig::new(dev, feature(VIRTIO_F_VERSION_1));
     let a = r.request(T_IN, 0, 0x1000, Some((512, true)));
@@ -290,9 +291,12 @@ fn io_errors_and_a_reset_with_requests_in_flight() {
     r.wait_used();
     assert_eq!(r.status(a), S_IOERR);
     assert_eq!(r.dev.handle().counters()[0].io_errors, 1);
-    // In flight (completed by the engine, not yet reaped) when the device resets: dropped.
+    // In flight (the engine holds its completion) when the device resets: dropped.
+    hold.store(true, std::sync::atomic::Ordering::SeqCst);
     r.request(T_IN, 0, 0x2000, Some((512, true)));
     r.dev.process_queue(0).unwrap();
+    assert_eq!(r.dev.handle().counters()[0].inflight, 1);
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
     r.dev.reset();
     let c = r.dev.handle().counters()[0];
     assert_eq!((c.stale, c.inflight), (1, 0));
