@@ -74,7 +74,7 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 into `size`, which lives across the call.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

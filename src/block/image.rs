@@ -36,7 +36,7 @@ fn dio_align(file: &File, block_device: bool) -> usize {
     if block_device {
         let mut n: libc::c_int = 0;
         // SAFETY: BLKSSZGET writes one int into `n`.
-        let r = unsafe { libc::ioctl(fd, BLKSSZGET, &mut n) };
+        let r = unsafe { libc::ioctl(fd, BLKSSZGET as _, &mut n) };
         if r == 0 && n > 0 {
             return n as usize;
         }
