@@ -614,10 +614,14 @@ impl QueueState {
             let Some(mut slot) = io.slots.get_mut(token).and_then(Option::take) else {
                 continue;
             };
-            // A file system without ZERO_RANGE: punch the hole instead (reads as zeros).
+            // A file system without ZERO_RANGE: punch the hole instead (reads as zeros). Not
+            // for a request of an old generation: it completes as stale (and a reset draining
+            // on a vCPU thread must not submit).
             if slot.op.kind == OpKind::ZeroRange
                 && result == -i64::from(libc::EOPNOTSUPP)
                 && !slot.retried
+                && slot.generation == io.generation
+                && active.is_some()
             {
                 slot.retried = true;
                 slot.op.kind = OpKind::PunchHole;
