@@ -27,8 +27,8 @@ const CHUNK_SECTORS: u32 = 256;
 const DEPTH: usize = 16;
 /// How long the device may take to finish the requests in flight.
 const WAIT_MS: u64 = 10_000;
-/// How long a hostile case waits for its answer.
-const CASE_WAIT_MS: u64 = 200;
+/// How long a hostile case waits for its answer (a loaded host may take long to run the worker).
+const CASE_WAIT_MS: u64 = 5_000;
 
 #[repr(C, align(4096))]
 struct Data([u8; DATA_LEN]);
