@@ -6,7 +6,11 @@
 #                                        root over virtio-9p, chroots into it, runs the job
 #                                        (scripts/nested/l1-init.sh)
 #   .cache/nested/kit/l2.cpio.gz         L2 initramfs: markers, NICs, ping, iperf3, poweroff
-#                                        (scripts/nested/l2-init.sh)
+#                                        (scripts/nested/l2-init.sh); with l2.root=/dev/vda it
+#                                        mounts the virtio-blk disk and switch_roots into it
+#   .cache/nested/kit/rootfs.ext4        a 64 MiB ext4 root file system made with mke2fs -d from
+#                                        busybox (no loop mount): /sbin/init is
+#                                        scripts/nested/disk-init.sh
 # and prints the kit directory. Idempotent: it rebuilds only when the kernel package or one of
 # the scripts changed. Downloads (apt-get download) are cached in .cache/nested/debs/.
 #
@@ -44,6 +48,9 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 { command -v depmod && command -v modprobe; } >/dev/null || missing+=(kmod)
 # L1 runs the host's iperf3 (chrooted into the host's root) against the L2's.
 command -v iperf3 >/dev/null || missing+=(iperf3)
+# mke2fs -d builds the disk's ext4 image from a directory; e2fsck checks it after a boot.
+{ command -v mke2fs && command -v e2fsck; } >/dev/null 2>&1 ||
+    [ -x /sbin/mke2fs ] || [ -x /usr/sbin/mke2fs ] || missing+=(e2fsprogs)
 if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]})"
     log "installing ${missing[*]}"
@@ -67,9 +74,10 @@ kpkg=$(cat "$root/.cache/kernel/.package")
 # Everything that decides the kit's contents.
 stamp_want=$({
     echo "$kpkg"
-    sha256sum "$here/guest-kit.sh" "$here/kit-lib.sh" "$here/l1-init.sh" "$here/l2-init.sh" | awk '{ print $1 }'
+    sha256sum "$here/guest-kit.sh" "$here/kit-lib.sh" "$here/l1-init.sh" "$here/l2-init.sh" \
+        "$here/disk-init.sh" | awk '{ print $1 }'
 } | sha256sum | awk '{ print $1 }')
-if [ -s "$kit/l1.cpio.gz" ] && [ -s "$kit/l2.cpio.gz" ] &&
+if [ -s "$kit/l1.cpio.gz" ] && [ -s "$kit/l2.cpio.gz" ] && [ -s "$kit/rootfs.ext4" ] &&
     [ "$(cat "$kit/.stamp" 2>/dev/null)" = "$stamp_want" ]; then
     echo "$kit"
     exit 0
@@ -144,7 +152,7 @@ pack "$l1" "$kit/l1.cpio.gz"
 # its libraries.
 l2="$work/l2"
 skeleton "$l2" "$here/l2-init.sh"
-add_modules "$l2" virtio_pci virtio_net virtio_rng pvpanic-mmio msr cpuid
+add_modules "$l2" virtio_pci virtio_net virtio_rng virtio_blk ext4 pvpanic-mmio msr cpuid
 mkdir -p "$l2/usr/bin" "$l2/lib64" "$l2/lib/x86_64-linux-gnu"
 cp "$work/user/usr/bin/iperf3" "$l2/usr/bin/iperf3"
 # Its libraries as the dynamic linker resolves them, all from the unpacked packages.
@@ -163,6 +171,17 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$l2/etc/passwd"
 echo "root:x:0:" >"$l2/etc/group"
 printf '127.0.0.1 localhost\n' >"$l2/etc/hosts"
 pack "$l2" "$kit/l2.cpio.gz"
+
+# The disk: busybox and disk-init.sh as /sbin/init in an ext4 image, no loop mount.
+disk="$work/disk"
+skeleton "$disk" "$here/disk-init.sh"
+mkdir -p "$disk/var"
+cp "$disk/init" "$disk/sbin/init"
+echo "trapvisor rootfs (mke2fs -d)" >"$disk/etc/tv-rootfs"
+echo "root:x:0:0:root:/root:/bin/sh" >"$disk/etc/passwd"
+PATH="$PATH:/usr/sbin:/sbin" mke2fs -q -F -t ext4 -L tvroot -d "$disk" "$kit/rootfs.ext4.tmp" 64M >&2 ||
+    die "mke2fs -d failed"
+mv -f "$kit/rootfs.ext4.tmp" "$kit/rootfs.ext4"
 
 ln -sf ../../kernel/vmlinuz "$kit/vmlinuz"
 ln -sf ../../kernel/vmlinux "$kit/vmlinux"

@@ -19,6 +19,8 @@
 #   l2.dmesg=warn         the same, only the records of level warning and above (0-4)
 #   l2.date_ref=EPOCH     compare the clock (set from the RTC at boot) with EPOCH: "L2: rtc0
 #                         name=NAME date ok|off epoch=NOW ref=EPOCH" (ok: within 300 s)
+#   l2.root=DEV           mount DEV (ext4, e.g. /dev/vda) read-write after loading the modules
+#                         and switch_root into it: its /sbin/init (disk-init.sh) takes over
 #   l2.end=poweroff       how to end: poweroff (default, "poweroff -f"), reboot ("reboot -f"),
 #                         exit (init exits: the kernel panics), crash (sysrq 'c'), hang
 export PATH=/bin:/sbin:/usr/bin
@@ -54,6 +56,17 @@ while read -r m; do
     insmod "/$m" 2>/dev/null || say "insmod $m failed"
 done </etc/modules.load
 ip link set lo up
+
+rootdev=$(arg root "")
+if [ -n "$rootdev" ]; then
+    mkdir -p /newroot
+    if mount -t ext4 "$rootdev" /newroot; then
+        say "root $rootdev mounted"
+        umount /proc /sys 2>/dev/null
+        exec switch_root /newroot /sbin/init
+    fi
+    say "root $rootdev: mount failed"
+fi
 
 for r in $(arg msr "" | tr ',' ' '); do
     v=$(dd if=/dev/cpu/0/msr bs=8 count=1 skip=$((r)) iflag=skip_bytes 2>/dev/null | od -An -t x8 | tr -d ' ')

@@ -139,6 +139,8 @@ if [ "$arch" = x86_64 ]; then
     TRAPVISOR="$out/bin/trapvisor"
     # The wrapper for the NIC scenarios (TAP, iperf3 server, wall time to the userspace marker).
     L1RUN="$out/bin/l1-run.sh"
+    # The wrapper for the disk scenarios (a fresh root image, L1's time, fsck afterwards).
+    DISKRUN="$out/bin/disk-run.sh"
     # What the scenarios boot, as L1 sees it: a copy of the kit inside the job directory. The
     # host's root reaches L1 over 9p, but L1 puts a tmpfs on /tmp, so a checkout under /tmp (as
     # CI's can be) is invisible there; the job directory is mounted at its own path and always is.
@@ -149,6 +151,7 @@ else
     TRAPVISOR=/job/bin/trapvisor
     L1RUN=/job/bin/l1-run.sh
     KIT=/job/kit
+    DISKRUN=/nonexistent/disk-run.sh
     # No QEMU for arm64 in L1 (yet): scenarios that compare with it do not exist here.
     QEMU=/nonexistent/qemu-system-aarch64
 fi
@@ -205,9 +208,10 @@ if [ "$arch" = x86_64 ]; then
     mkdir -p "$out/bin" "$KIT"
     [ "$tv" = none ] || cp "$tv" "$TRAPVISOR"
     cp "$here/l1-run.sh" "$L1RUN"
+    cp "$here/disk-run.sh" "$DISKRUN"
     # Hard links where the filesystem allows (no copy of 70 MB), else copies; -L follows the
     # kit's links into .cache/kernel.
-    for f in vmlinuz vmlinux l2.cpio.gz kver; do
+    for f in vmlinuz vmlinux l2.cpio.gz rootfs.ext4 kver; do
         cp -L -l "$HOSTKIT/$f" "$KIT/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$KIT/$f"
     done
 else
