@@ -104,6 +104,7 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_writev,
             libc::SYS_epoll_ctl,
             libc::SYS_tgkill,
+            libc::SYS_tkill, // musl's pthread_kill (the static aarch64 build)
         ],
         ThreadKind::Worker => &[
             libc::SYS_ioctl, // KVM_SIGNAL_MSI, TUNSETOFFLOAD
@@ -155,6 +156,7 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_read,
             libc::SYS_ppoll,
             libc::SYS_tgkill,
+            libc::SYS_tkill, // musl's pthread_kill (the static aarch64 build): vCPU kicks
             libc::SYS_openat,
             libc::SYS_unlinkat,
             libc::SYS_lseek,

@@ -294,7 +294,7 @@ impl KvmStats {
     pub fn open(fd: &impl AsRawFd) -> Result<KvmStats, StatsError> {
         // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1; `fd` is a
         // live KVM VM or vCPU descriptor borrowed for the call.
-        let raw = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD, 0) };
+        let raw = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD as libc::Ioctl, 0) };
         if raw < 0 {
             return Err(StatsError::Ioctl(
                 std::io::Error::last_os_error().to_string(),

@@ -512,7 +512,7 @@ fn driver_info(name: &str) -> Option<(String, String)> {
     req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast::<libc::c_char>();
     // SAFETY: SIOCETHTOOL reads `req` and writes one ethtool_drvinfo through ifru_data, which
     // points at `info`, alive and of that layout for the whole call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as libc::Ioctl, &mut req) } < 0 {
         return None;
     }
     let text = |b: &[u8]| {
