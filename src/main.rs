@@ -147,6 +147,7 @@ fn run(args: RunArgs, started: std::time::Instant) -> ExitCode {
         StopReason::TripleFault
         | StopReason::GuestCrash
         | StopReason::GuestPanic
+        | StopReason::PanicReset
         | StopReason::Fatal(_) => true,
     };
     if failed {

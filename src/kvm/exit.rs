@@ -33,9 +33,11 @@ pub enum Exit<'a> {
     Hlt,
     /// KVM_EXIT_SHUTDOWN: a triple fault (the CPU's shutdown state).
     Shutdown,
-    /// KVM_EXIT_SYSTEM_EVENT with its type (KVM_SYSTEM_EVENT_*).
+    /// KVM_EXIT_SYSTEM_EVENT with its type (KVM_SYSTEM_EVENT_*) and flags (`data[0]`, 0 when
+    /// KVM gives none).
     SystemEvent {
         kind: u32,
+        flags: u64,
     },
     FailEntry {
         reason: u64,
@@ -65,6 +67,10 @@ pub enum StopReason {
     GuestCrash,
     /// The guest kernel reported a panic through pvpanic.
     GuestPanic,
+    /// The guest kernel reset the machine with PSCI SYSTEM_RESET2's warm reset: how arm64
+    /// Linux restarts after a panic when booted with `reboot=panic_warm` (a plain reboot is
+    /// SYSTEM_RESET).
+    PanicReset,
     /// KVM could not run the guest: the vCPU report says why.
     Fatal(String),
     /// The VMM asked the vCPUs to stop (signal, API).
@@ -79,6 +85,7 @@ impl StopReason {
             StopReason::TripleFault
                 | StopReason::GuestCrash
                 | StopReason::GuestPanic
+                | StopReason::PanicReset
                 | StopReason::Fatal(_)
         )
     }
@@ -88,7 +95,7 @@ impl StopReason {
     /// Whether the stopping vCPU's registers say something about the failure: not for a
     /// kernel panic, which the guest reported itself (its console has the backtrace).
     pub fn wants_vcpu_report(&self) -> bool {
-        self.is_failure() && *self != StopReason::GuestPanic
+        self.is_failure() && !matches!(self, StopReason::GuestPanic | StopReason::PanicReset)
     }
 }
 
@@ -102,11 +109,19 @@ impl fmt::Display for StopReason {
             StopReason::TripleFault => write!(f, "guest triple-faulted (KVM_EXIT_SHUTDOWN)"),
             StopReason::GuestCrash => write!(f, "guest crashed (KVM_SYSTEM_EVENT_CRASH)"),
             StopReason::GuestPanic => write!(f, "guest kernel panicked (pvpanic)"),
+            StopReason::PanicReset => write!(
+                f,
+                "guest kernel panicked (PSCI SYSTEM_RESET2 warm reset, as reboot=panic_warm asks)"
+            ),
             StopReason::Fatal(why) => write!(f, "{why}"),
             StopReason::Requested => write!(f, "stopped by the VMM"),
         }
     }
 }
+
+/// `KVM_SYSTEM_EVENT_RESET_FLAG_PSCI_RESET2` (arm64, api.rst): the reset came from PSCI
+/// SYSTEM_RESET2 (which Linux uses for a warm reset), not SYSTEM_RESET.
+pub const SYSTEM_EVENT_RESET_PSCI_RESET2: u64 = 1;
 
 /// What the vCPU loop does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,8 +303,11 @@ fn handle_other(exit: Exit<'_>) -> ExitAction {
             "guest halted with no in-kernel irqchip to wake it (KVM_EXIT_HLT)".into(),
         )),
         Exit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
-        Exit::SystemEvent { kind } => ExitAction::Stop(match kind {
+        Exit::SystemEvent { kind, flags } => ExitAction::Stop(match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::Poweroff,
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET if flags & SYSTEM_EVENT_RESET_PSCI_RESET2 != 0 => {
+                StopReason::PanicReset
+            }
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
             kvm_bindings::KVM_SYSTEM_EVENT_CRASH => StopReason::GuestCrash,
             other => StopReason::Fatal(format!("unknown KVM_EXIT_SYSTEM_EVENT type {other}")),

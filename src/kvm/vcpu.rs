@@ -153,7 +153,8 @@ pub fn spawn(
         id,
         kicker: Kicker {
             run,
-            thread: pthread,
+            // std's raw pthread is a u64; libc's is a pointer on musl (the aarch64 build).
+            thread: pthread as libc::pthread_t,
         },
         thread: Some(thread),
     })
@@ -180,7 +181,10 @@ fn decode<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> Exit<'a> {
         VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite { addr, data },
         VcpuExit::Hlt => Exit::Hlt,
         VcpuExit::Shutdown => Exit::Shutdown,
-        VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent { kind },
+        VcpuExit::SystemEvent(kind, data) => Exit::SystemEvent {
+            kind,
+            flags: data.first().copied().unwrap_or(0),
+        },
         VcpuExit::FailEntry(reason, cpu) => Exit::FailEntry { reason, cpu },
         VcpuExit::InternalError => Exit::InternalError {
             // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member.

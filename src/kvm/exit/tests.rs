@@ -215,12 +215,30 @@ fn system_events_map_to_stop_reasons() {
         (kvm_bindings::KVM_SYSTEM_EVENT_CRASH, StopReason::GuestCrash),
     ];
     for (kind, reason) in cases {
-        assert_eq!(f.run(Exit::SystemEvent { kind }), ExitAction::Stop(reason));
+        assert_eq!(
+            f.run(Exit::SystemEvent { kind, flags: 0 }),
+            ExitAction::Stop(reason)
+        );
     }
     assert!(matches!(
-        f.run(Exit::SystemEvent { kind: 99 }),
+        f.run(Exit::SystemEvent { kind: 99, flags: 0 }),
         ExitAction::Stop(StopReason::Fatal(_))
     ));
+    // PSCI SYSTEM_RESET2 (arm64 Linux's warm reset: its panic reboot with reboot=panic_warm)
+    // is a failure without a register report; other flags do not change a reset.
+    let reset = |flags| {
+        f.run(Exit::SystemEvent {
+            kind: kvm_bindings::KVM_SYSTEM_EVENT_RESET,
+            flags,
+        })
+    };
+    assert_eq!(reset(1), ExitAction::Stop(StopReason::PanicReset));
+    assert_eq!(reset(2), ExitAction::Stop(StopReason::Reset));
+    assert!(StopReason::PanicReset.is_failure());
+    assert!(!StopReason::PanicReset.wants_vcpu_report());
+    assert!(StopReason::PanicReset
+        .to_string()
+        .contains("reboot=panic_warm"));
 }
 
 #[test]
