@@ -621,6 +621,14 @@ fn ratio_row(name: &str, pairs: &[(f64, f64)]) {
 }
 
 fn main() {
+    // The kick guest is a real-mode x86 program.
+    if arch::NAME != "x86_64" {
+        println!(
+            "notify: the real-mode kick guest runs on x86_64 only; skipped on {}",
+            arch::NAME
+        );
+        return;
+    }
     let kicks = arg("--kicks", 20000);
     let irqs = arg("--irqs", 20_000);
     let rounds = arg("--rounds", 15).max(1);

@@ -1,8 +1,7 @@
 //! Architecture support: one folder per architecture, picked here once.
 //!
 //! Everything outside `arch/` is the same on every host; what differs sits behind this small
-//! boundary, which every architecture's folder provides with the same names and signatures
-//! (`x86_64/` today; the aarch64 column is what `aarch64/` brings, issue 13):
+//! boundary, which `x86_64/` and `aarch64/` both provide with the same names and signatures:
 //!
 //! | step | function | x86_64 | aarch64 |
 //! |---|---|---|---|
@@ -12,23 +11,32 @@
 //! | interrupts | [`LEGACY_GSIS`], [`default_gsi_routes`] | IOAPIC + PIC pins | one SPI per GSI |
 //! | platform devices | [`register_devices`], [`attach_pci`] | COM1, i8042, ACPI PM, pvpanic, debug-exit and test device on ports; conf1 | 16550, PL031, pvpanic, test device on MMIO |
 //! | boot | [`load_kernel`] (kernel, initrd, command line, boot tables), [`configure_vcpu`] | bzImage/ELF/PVH, zero page, ACPI | arm64 `Image`, FDT |
-//! | failure report | [`vcpu_report`] | registers, code at RIP | PC, PSTATE, X0–X30 |
+//! | failure report | [`vcpu_report`] | registers, code at RIP | PC, PSTATE, ESR, X0–X30 |
+//! | map | [`map_lines`] (`--print-map`, `GET /map`) | — | GIC frames, kernel, FDT |
 //! | seccomp | [`seccomp`] | x86_64 syscall numbers | aarch64 syscall numbers |
+//!
+//! The pure parts of the aarch64 code (layout, FDT, `Image` header, devices) build on every
+//! host, so their unit tests run on x86_64 too; the parts that call arm64-only KVM ioctls build
+//! only on aarch64.
 use vm_memory::GuestAddress;
 
+pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
 #[cfg(target_arch = "x86_64")]
 use self::x86_64 as host;
 
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("trapvisor runs on x86_64 hosts (aarch64: issue 13, in progress)");
+#[cfg(target_arch = "aarch64")]
+use self::aarch64 as host;
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("trapvisor runs on x86_64 and aarch64 hosts");
 
 pub use host::{
-    attach_pci, configure_vcpu, default_gsi_routes, load_kernel, pci_layout, ram_regions,
-    register_devices, seccomp, setup_vcpus, setup_vm, vcpu_report, ArchError, BootEntry, Machine,
-    LEGACY_GSIS, MAX_VCPUS,
+    attach_pci, configure_vcpu, default_gsi_routes, load_kernel, map_lines, pci_layout,
+    ram_regions, register_devices, seccomp, setup_vcpus, setup_vm, vcpu_report, ArchError,
+    BootEntry, Machine, LEGACY_GSIS, MAX_VCPUS,
 };
 
 /// The name of the architecture this build runs guests of ("x86_64", "aarch64").
@@ -85,7 +93,7 @@ pub struct BootConfig<'a> {
     /// controller, for the boot tables.
     pub machine: &'a Machine,
     /// When given, the loader marks its phases here (x86_64: `kernel`, `initrd`, `acpi+boot
-    /// tables`; see `trace::phases`).
+    /// tables`; aarch64: `kernel`, `initrd`, `fdt`; see `trace::phases`).
     pub phases: Option<&'a mut crate::trace::phases::StartPhases>,
 }
 

@@ -6,6 +6,7 @@ pub mod acpi_pm;
 pub mod i8042;
 pub mod pvpanic;
 pub mod rtc;
+pub mod rtc_pl031;
 pub mod serial;
 pub mod testdev;
 
