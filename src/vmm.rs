@@ -147,6 +147,8 @@ pub struct Vmm {
     exit_stats_on: bool,
     /// The start so far (`new` and `run` add to it).
     phases: StartPhases,
+    /// The guest physical map outside the buses (in-kernel interrupt controller, boot tables).
+    system_map: Vec<arch::MapLine>,
 }
 
 impl Vmm {
@@ -228,7 +230,7 @@ impl Vmm {
                 cs: *cs,
                 ip: *ip,
             },
-            _ => KernelSource::Builtin(crate::guest::GUEST_ELF),
+            _ => KernelSource::Builtin(crate::guest::GUEST_IMAGE),
         };
         let entry: BootEntry = arch::load_kernel(
             vm.memory(),
@@ -245,6 +247,7 @@ impl Vmm {
         for (id, fd) in vcpus.iter().enumerate() {
             arch::configure_vcpu(vm.kvm(), fd, id as u8, nr_cpus, &entry, vm.memory())?;
         }
+        let system_map = arch::map_lines(&machine, &entry);
         let kernel_stats = Arc::new(KernelStats::open(
             vm.fd(),
             &vcpus.iter().collect::<Vec<_>>(),
@@ -268,14 +271,22 @@ impl Vmm {
             seccomp_selftest: false,
             exit_stats_on: true,
             phases,
+            system_map,
         })
     }
 
-    /// Both address spaces, as `--print-map` shows them.
+    /// Both address spaces, as `--print-map` shows them, then the PCI side and what is neither
+    /// (the in-kernel interrupt controller, the boot tables).
     pub fn format_map(&self) -> String {
         let mut map = format_map(&[&self.pio, &self.mmio]);
         map.push_str(&self.pci.format_map());
+        map.push_str(&format_system_map(&self.system_map));
         map
+    }
+
+    /// The guest physical map outside the buses (`arch::map_lines`).
+    pub fn system_map(&self) -> &[arch::MapLine] {
+        &self.system_map
     }
 
     /// The PCI root and the virtio devices.
@@ -361,6 +372,7 @@ impl Vmm {
                 .map(|s| (s.slot, s.dev.clone()))
                 .collect(),
             event_loop: self.pci.loop_counters(),
+            system: self.system_map.clone(),
             config,
         }
     }
@@ -559,6 +571,26 @@ impl Vmm {
             }
         }
     }
+}
+
+/// `--print-map`'s lines for what is in the guest physical map but on no bus.
+pub fn format_system_map(lines: &[arch::MapLine]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("system (not on a bus):\n");
+    for l in lines {
+        let range = if l.size == 0 {
+            format!("{:016x}", l.base)
+        } else {
+            format!("{:016x}-{:016x}", l.base, l.base + l.size - 1)
+        };
+        out.push_str(&format!(
+            "  {range:<33} (size {:#x}) {} {}\n",
+            l.size, l.name, l.what
+        ));
+    }
+    out
 }
 
 /// How a run ended.

@@ -318,8 +318,8 @@ pub fn format_map(map: &Value) -> String {
     if !routes.is_empty() {
         out.push_str("msi-x vectors:\n");
         out.push_str(&format!(
-            "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6}  {:<15} {}\n",
-            "DEVICE", "VECTOR", "USED BY", "GSI", "ADDRESS", "DATA", "PATH", "STATE"
+            "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6} {:>6}  {:<15} {}\n",
+            "DEVICE", "VECTOR", "USED BY", "GSI", "ADDRESS", "DATA", "DEVID", "PATH", "STATE"
         ));
         for r in routes {
             let users: Vec<&str> = r["used_by"]
@@ -334,15 +334,35 @@ pub fn format_map(map: &Value) -> String {
                 (false, false) => "idle",
             };
             out.push_str(&format!(
-                "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6}  {:<15} {}\n",
+                "  {:<22} {:>6}  {:<12} {:>5} {:<12} {:>6} {:>6}  {:<15} {}{}\n",
                 r["device"].as_str().unwrap_or(""),
                 opt(&r["vector"]),
                 users.join("+"),
                 opt(&r["gsi"]),
                 format!("{:#x}", r["address"].as_u64().unwrap_or(0)),
                 format!("{:#x}", r["data"].as_u64().unwrap_or(0)),
+                format!("{:#x}", r["devid"].as_u64().unwrap_or(0)),
                 r["path"].as_str().unwrap_or(""),
-                state
+                state,
+                match r["target"].as_str() {
+                    Some(t) => format!(" -> {t}"),
+                    None => String::new(),
+                }
+            ));
+        }
+    }
+    let system = map["system"].as_array().map_or(&[][..], |v| v.as_slice());
+    if !system.is_empty() {
+        out.push_str("system (not on a bus):\n");
+        for l in system {
+            let base = l["base"].as_u64().unwrap_or(0);
+            let size = l["size"].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "  {:<35} {:>12}  {:<16} {}\n",
+                format!("{:#x}-{:#x}", base, base + size.saturating_sub(1)),
+                format!("{size:#x}"),
+                l["name"].as_str().unwrap_or(""),
+                l["what"].as_str().unwrap_or("")
             ));
         }
     }

@@ -191,4 +191,18 @@ fn tables_and_svg_from_json() {
         m.contains("0x3f8-0x3ff") && m.contains("serial0") && m.contains("16550"),
         "{m}"
     );
+    assert!(!m.contains("system"), "{m}");
+    // aarch64's extra lines: the GIC's frames, an MSI-X vector that reaches the ITS.
+    let map = json!({"pio": [], "mmio": [],
+        "msix_routes": [{"device": "virtio-net@00:02.0", "vector": 1, "used_by": ["queue 0"],
+                         "gsi": 65, "address": 0x3f7e_0040u64, "data": 0, "devid": 16,
+                         "target": "gic-its", "path": "irqfd", "armed": true, "masked": false}],
+        "system": [{"base": 0x3f7d_0000u64, "size": 0x2_0000, "name": "gic-its",
+                    "what": "in-kernel (KVM)"}]});
+    let m = client::format_map(&map);
+    assert!(m.contains("0x10") && m.contains("-> gic-its"), "{m}");
+    assert!(
+        m.contains("system (not on a bus):") && m.contains("0x3f7d0000-0x3f7effff"),
+        "{m}"
+    );
 }

@@ -29,6 +29,9 @@ pub struct VmView {
     pub devices: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)>,
     /// The event loop's sources and their dispatch counters.
     pub event_loop: Vec<SourceCounter>,
+    /// The guest physical map outside the buses (`arch::map_lines`: on aarch64 the GIC's
+    /// frames and ITS, the kernel and the FDT).
+    pub system: Vec<crate::arch::MapLine>,
     /// The configuration as JSON (memory, cpus, kernel, cmdline, devices).
     pub config: Value,
 }
@@ -140,8 +143,9 @@ fn ioeventfds_json(reports: &[(u8, DeviceReport)]) -> Value {
     )
 }
 
-/// Every MSI-X vector in use, with its route, for `/map`.
-fn msix_json(reports: &[(u8, DeviceReport)]) -> Value {
+/// Every MSI-X vector in use, with its route, for `/map`: its message, the requester id it is
+/// sent with (the ITS's device id on aarch64) and what its address reaches.
+fn msix_json(reports: &[(u8, DeviceReport)], system: &[crate::arch::MapLine]) -> Value {
     Value::Array(
         reports
             .iter()
@@ -159,11 +163,17 @@ fn msix_json(reports: &[(u8, DeviceReport)]) -> Value {
                     }
                     u
                 };
+                let devid = crate::kvm::irq::requester_id(0, *slot, 0);
                 r.vectors
                     .iter()
                     .map(|v| {
+                        let target = system
+                            .iter()
+                            .find(|l| (l.base..l.base + l.size).contains(&v.address))
+                            .map(|l| l.name.clone());
                         json!({"device": id, "vector": v.vector, "used_by": users(v.vector),
-                               "address": v.address, "data": v.data, "gsi": v.gsi,
+                               "address": v.address, "data": v.data, "devid": devid,
+                               "target": target, "gsi": v.gsi,
                                "path": v.path, "armed": v.armed, "masked": v.masked})
                     })
                     .collect::<Vec<_>>()
@@ -228,12 +238,13 @@ impl VmApi for VmView {
             "pio": map_json(&self.pio),
             "mmio": map_json(&self.mmio),
             "ioeventfds": ioeventfds_json(&reports),
-            "msix_routes": msix_json(&reports),
+            "msix_routes": msix_json(&reports, &self.system),
             "devices": reports
                 .iter()
                 .map(|(slot, r)| json!({"device": device_id(*slot, r), "options": r.options,
                                         "describe": r.describe}))
                 .collect::<Vec<_>>(),
+            "system": self.system,
         })
     }
 
