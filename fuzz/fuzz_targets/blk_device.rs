@@ -277,15 +277,20 @@ impl Model {
         let mut d: Vec<(u64, u32, u16)> = Vec::new();
         let mut nexts = Vec::new();
         for (i, &(addr, len, flags, next)) in descs.iter().take(6).enumerate() {
-            // Mostly the request's own areas, sometimes anywhere (outside RAM, across its end).
-            let a = match addr % 4 {
-                0 if i == 0 => base,
-                0 | 1 => data + u64::from(addr % 4096),
-                2 => base + 16,
-                // Near RAM's end: across it or past it (nothing of the model lives there).
-                _ => RAM - 2048 + u64::from(addr % 8192),
+            // Mostly the request's own areas (never past them: another chain's slot or data
+            // is that chain's), sometimes near RAM's end: across it or past it (nothing of the
+            // model lives there).
+            let len = u64::from(len % 5000);
+            let (a, room) = match addr % 4 {
+                0 if i == 0 => (base, 64),
+                0 | 1 => {
+                    let off = u64::from(addr % 4096);
+                    (data + off, 4096 - off)
+                }
+                2 => (base + 16, 48),
+                _ => (RAM - 2048 + u64::from(addr % 8192), u64::MAX),
             };
-            d.push((a, u32::from(len % 5000), u16::from(flags) & (NEXT | WRITE)));
+            d.push((a, len.min(room) as u32, u16::from(flags) & (NEXT | WRITE)));
             nexts.push(next);
         }
         if d.is_empty() {
@@ -334,7 +339,7 @@ impl Model {
                     Expect::Any => {}
                     Expect::Status(want, read_back) => {
                         assert!(len >= 1, "well-formed request back without a status");
-                        assert_eq!(status, want, "status of a well-formed request");
+                        assert_eq!(status, want, "status of a well-formed request (queue {q}, head {head})");
                         if let (S_OK, Some((off, n)), false) = (status, read_back, self.tainted) {
                             let data = DATA + (q as u64 * u64::from(QSIZE) + u64::from(head)) * 4096;
                             let mut got = vec![0u8; n as usize];
