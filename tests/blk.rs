@@ -38,7 +38,7 @@ fn assert_pass(out: &Output) {
     );
 }
 
-/// The guest's pattern: word `w` of sector `sector` (as guest/src/blk.rs).
+/// The guest's pattern: word `w` of sector `sector` (as guest/src/blk/mod.rs).
 fn pattern(seed: u32, sector: u64, w: u64) -> u64 {
     let mut z = (u64::from(seed) << 40) ^ sector.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w;
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
