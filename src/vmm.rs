@@ -203,7 +203,7 @@ impl Vmm {
         let mut nets = Vec::new();
         for net in &cfg.net {
             // Opens (or creates) the TAP now, while this thread may still open files.
-            let dev = Net::new(net)?;
+            let dev = Net::open(net, vm.memory())?;
             nets.push(dev.handle());
             pci.add_virtio(Box::new(dev), net.transport)?;
         }

@@ -197,8 +197,26 @@ pub fn format_devices(stats: &Value) -> String {
                 q["ioeventfd"]
                     .as_u64()
                     .map_or_else(|| "-".to_string(), |a| format!("{a:#x}")),
-                opt(&q["kicks_ioeventfd"]),
+                match q["waiter"].as_str() {
+                    // Its kicks go to the kernel: none reach trapvisor to count.
+                    Some(w) => w.to_string(),
+                    None => opt(&q["kicks_ioeventfd"]),
+                },
                 opt(&q["kicks_exit"]),
+            ));
+        }
+        let vhost: Vec<String> = d["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|q| q["waiter"] == "vhost-net" && q["enabled"] == true)
+            .map(|q| opt(&q["queue"]))
+            .collect();
+        if !vhost.is_empty() {
+            out.push_str(&format!(
+                "  queues {} are served by the kernel's vhost-net: their kicks, frames and \
+                 interrupts do not pass through trapvisor (not counted here)\n",
+                vhost.join(", ")
             ));
         }
         out.push_str(&format!(

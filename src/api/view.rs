@@ -135,7 +135,7 @@ fn ioeventfds_json(reports: &[(u8, DeviceReport)]) -> Value {
                         // a write of any width at the address signals it.
                         json!({"addr": addr, "size": 0, "device": device_id(*slot, r),
                                "queue": q.queue, "datamatch": null,
-                               "waiter": if r.own_threads { "device worker" } else { "event loop" }})
+                               "waiter": q.waiter.unwrap_or(if r.own_threads { "device worker" } else { "event loop" })})
                     })
                 })
             })

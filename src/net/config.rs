@@ -3,7 +3,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::tap::{mac_from_name, validate_name};
-use crate::virtio::DeviceOptions;
+use crate::virtio::{DeviceOptions, IrqMode, NotifyMode};
 
 /// The most queue pairs one virtio-net device offers (a worker thread each).
 pub const MAX_PAIRS: u16 = 64;
@@ -19,6 +19,9 @@ pub struct NetConfig {
     pub queues: u16,
     /// Offer checksum and segmentation offloads (`offload=off` withdraws them).
     pub offload: bool,
+    /// `vhost=on`: the kernel's vhost-net moves the frames of every queue pair (the control
+    /// queue stays here); needs `/dev/vhost-net`, notify=ioeventfd and irq=irqfd.
+    pub vhost: bool,
     pub transport: DeviceOptions,
 }
 
@@ -30,6 +33,7 @@ impl NetConfig {
             mac: None,
             queues: 1,
             offload: true,
+            vhost: false,
             transport: DeviceOptions::default(),
         }
     }
@@ -82,7 +86,7 @@ impl FromStr for NetConfig {
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let (key, value) = item.split_once('=').ok_or_else(|| {
                 format!(
-                    "'{item}' is not key=value (tap=NAME, mac=, queues=, notify=, irq=, offload=)"
+                    "'{item}' is not key=value (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=)"
                 )
             })?;
             if seen.contains(&key) {
@@ -113,16 +117,31 @@ impl FromStr for NetConfig {
                         _ => return Err(format!("offload={value}: use on or off")),
                     }
                 }
+                "vhost" => {
+                    cfg.vhost = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("vhost={value}: use on or off")),
+                    }
+                }
                 "notify" | "irq" => transport.push(item),
                 _ => {
                     return Err(format!(
-                        "unknown option '{key}' (tap=NAME, mac=, queues=, notify=, irq=, offload=)"
+                        "unknown option '{key}' (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=)"
                     ))
                 }
             }
         }
         cfg.tap = tap.ok_or("tap=NAME is required (the TAP device to attach to)")?;
         cfg.transport = DeviceOptions::parse(&transport.join(","))?;
+        if cfg.vhost && cfg.transport.notify != NotifyMode::Ioeventfd {
+            return Err(
+                "vhost=on needs notify=ioeventfd (vhost-net waits on the kick eventfds)".into(),
+            );
+        }
+        if cfg.vhost && cfg.transport.irq != IrqMode::Irqfd {
+            return Err("vhost=on needs irq=irqfd (vhost-net signals the vectors' irqfds)".into());
+        }
         Ok(cfg)
     }
 }
@@ -131,11 +150,12 @@ impl fmt::Display for NetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tap={},mac={},queues={},offload={},{}",
+            "tap={},mac={},queues={},offload={},{}{}",
             self.tap,
             format_mac(&self.mac()),
             self.queues,
             if self.offload { "on" } else { "off" },
+            if self.vhost { "vhost=on," } else { "" },
             self.transport
         )
     }
@@ -144,7 +164,6 @@ impl fmt::Display for NetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::{IrqMode, NotifyMode};
 
     #[test]
     fn defaults_and_every_option() {
@@ -161,6 +180,11 @@ mod tests {
         assert_eq!(c.transport.notify, NotifyMode::Exit);
         assert_eq!(c.transport.irq, IrqMode::Msi);
         // Display round-trips.
+        assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
+        let c: NetConfig = "tap=tv2,vhost=on,queues=2,mac=52:54:00:12:34:57"
+            .parse()
+            .unwrap();
+        assert!(c.vhost);
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
         let c: NetConfig = "irq=msi, tap=x".parse().unwrap();
         assert_eq!(
@@ -188,6 +212,9 @@ mod tests {
             ("tap=tv0,notify=fast", "notify=fast"),
             ("tap=tv0,irq=intx", "irq=intx"),
             ("tap=tv0,offload=maybe", "on or off"),
+            ("tap=tv0,vhost=yes", "on or off"),
+            ("tap=tv0,vhost=on,notify=exit", "notify=ioeventfd"),
+            ("tap=tv0,vhost=on,irq=msi", "irq=irqfd"),
             ("tap=tv0,speed=10G", "unknown option"),
             ("tap=tv0,queues", "not key=value"),
         ] {

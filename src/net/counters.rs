@@ -89,6 +89,19 @@ pub struct RxCounters {
     pub drops: RxDrops,
 }
 
+/// `vhost=on`: the pair's vhost-net instance. While it runs, the pair's frames, kicks and
+/// interrupts go through the kernel and none of the counters above move.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VhostCounters {
+    /// 1 while vhost-net serves the pair.
+    pub running: u64,
+    pub starts: u64,
+    pub stops: u64,
+    /// The rings' next available index, read back (VHOST_GET_VRING_BASE) at the last stop.
+    pub rx_base: u64,
+    pub tx_base: u64,
+}
+
 /// One queue pair.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PairCounters {
@@ -98,6 +111,7 @@ pub struct PairCounters {
     pub queue_errors: u64,
     /// Times the TAP fd woke the pair (readable, writable after `EAGAIN`, error).
     pub tap_wakeups: u64,
+    pub vhost: VhostCounters,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,6 +165,16 @@ impl NetCounters {
             }
             out.push((format!("pair{i}.queue_errors"), p.queue_errors));
             out.push((format!("pair{i}.tap_wakeups"), p.tap_wakeups));
+            let v = &p.vhost;
+            for (k, n) in [
+                ("running", v.running),
+                ("starts", v.starts),
+                ("stops", v.stops),
+                ("rx_base", v.rx_base),
+                ("tx_base", v.tx_base),
+            ] {
+                out.push((format!("pair{i}.vhost.{k}"), n));
+            }
         }
         let c = &self.ctrl;
         for (k, v) in [

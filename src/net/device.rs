@@ -26,9 +26,10 @@ use super::config::{format_mac, NetConfig};
 use super::counters::NetCounters;
 use super::ctrl::{CtrlActive, CtrlState, GUEST_OFFLOAD_FEATURES};
 use super::header::{RX_BIG_LEN, RX_SMALL_LEN};
-use super::pair::{ActivePair, Pair, TOKEN_WAKE};
+use super::pair::{ActivePair, Pair, PairState, TOKEN_WAKE};
 use super::tap::{offload_from_features, Tap, TapError};
 use super::used::UsedRing;
+use super::vhost::{Ring, VhostError, VhostPair};
 use super::worker;
 use crate::seccomp::SeccompMode;
 use crate::trace::timeline::Timeline;
@@ -65,6 +66,10 @@ pub enum NetError {
     Seccomp(String),
     #[error("the virtio-net workers are already running")]
     AlreadyStarted,
+    #[error(transparent)]
+    Vhost(#[from] VhostError),
+    #[error("virtio-net {0}: vhost=on needs the VM's memory (Net::open)")]
+    VhostWithoutMemory(String),
 }
 
 /// What the device, its workers and the control queue share.
@@ -91,6 +96,10 @@ pub(crate) struct Shared {
     stray_kicks: AtomicU64,
     /// `--trace`: the VM's timeline (from the interrupt handle at the first activation).
     timeline: OnceLock<Arc<Timeline>>,
+    /// vhost=on: queues whose kick eventfds were taken out of the workers' epoll sets while
+    /// vhost-net waits on them.
+    parked: Mutex<Vec<usize>>,
+    vhost: AtomicBool,
 }
 
 impl Shared {
@@ -190,9 +199,76 @@ impl Shared {
         }
     }
 
+    /// The worker whose epoll set waits on queue `q`'s kick: pair p's rx/tx to worker p, the
+    /// control queue (or any past the pairs) to worker 0.
+    fn worker_of(&self, q: usize) -> usize {
+        if q / 2 >= self.pairs.len() {
+            0
+        } else {
+            q / 2
+        }
+    }
+
+    /// Takes queue `q`'s kick eventfd out of (`park`) or back into its worker's epoll set.
+    fn park_kick(&self, q: usize, park: bool) {
+        let Some(evt) = self.kick_evt(q) else {
+            return;
+        };
+        let epoll = &self.pairs[self.worker_of(q)].epoll;
+        let r = if park {
+            epoll.ctl(
+                ControlOperation::Delete,
+                evt.as_raw_fd(),
+                EpollEvent::default(),
+            )
+        } else {
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, q as u64),
+            )
+        };
+        match r {
+            Ok(()) if park => lock(&self.parked).push(q),
+            Ok(()) => {}
+            Err(e) => log::warn!("{}: queue {q} kick: epoll: {e}", self.name),
+        }
+    }
+
+    /// Every pair's vhost-net stops (device reset, VM stop); with `unpark` (a reset: the
+    /// workers go on) the parked kicks go back to the workers' epoll sets.
+    fn stop_vhost(&self, unpark: bool) {
+        for pair in &self.pairs {
+            if let Some(v) = pair.lock().vhost.as_mut() {
+                v.stop();
+            }
+        }
+        if unpark {
+            let parked = std::mem::take(&mut *lock(&self.parked));
+            for q in parked {
+                self.park_kick(q, false);
+            }
+        }
+    }
+
     pub fn counters(&self) -> NetCounters {
         NetCounters {
-            pairs: self.pairs.iter().map(|p| p.lock().counters).collect(),
+            pairs: self
+                .pairs
+                .iter()
+                .map(|p| {
+                    let st = p.lock();
+                    let mut c = st.counters;
+                    if let Some(v) = &st.vhost {
+                        c.vhost.running = u64::from(v.running());
+                        c.vhost.starts = v.starts;
+                        c.vhost.stops = v.stops;
+                        c.vhost.rx_base = v.last_base[0];
+                        c.vhost.tx_base = v.last_base[1];
+                    }
+                    c
+                })
+                .collect(),
             ctrl: lock(&self.ctrl).counters,
             tap_gone: self.tap_gone.load(Ordering::Relaxed),
             tap_config_errors: self.tap_config_errors.load(Ordering::Relaxed),
@@ -225,10 +301,13 @@ impl NetHandle {
         Ok(())
     }
 
-    /// Ends the worker threads and joins them.
+    /// Ends the worker threads and joins them; vhost-net lets go of the rings.
     pub fn stop(&self) {
         let threads = std::mem::take(&mut *lock(&self.shared.threads));
         worker::stop_all(&self.shared, threads);
+        // The workers are gone: nothing to give the kicks back to (and the main thread, which
+        // stops the VM, may not touch epoll sets under its seccomp filter).
+        self.shared.stop_vhost(false);
     }
 
     /// Worker threads started and not yet joined.
@@ -264,8 +343,35 @@ pub struct Net {
 }
 
 impl Net {
-    /// Opens (or creates) the TAP of `cfg` with one queue per pair.
+    /// The device of `cfg` for a VM with RAM `mem`: with `vhost=on`, one `/dev/vhost-net` per
+    /// pair first (a host without it fails here, before any TAP is made), then the TAP.
+    pub fn open(cfg: &NetConfig, mem: &GuestMemoryMmap) -> Result<Net, NetError> {
+        if !cfg.vhost {
+            return Net::new(cfg);
+        }
+        let vhost = (0..cfg.queues)
+            .map(|_| VhostPair::open(mem))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut net = Net::open_taps(cfg)?;
+        // Ring features vhost-net cannot serve are not offered.
+        net.features &= !vhost[0].missing(net.features);
+        for (pair, v) in net.shared.pairs.iter().zip(vhost) {
+            pair.lock().vhost = Some(v);
+        }
+        net.shared.vhost.store(true, Ordering::Release);
+        Ok(net)
+    }
+
+    /// Opens (or creates) the TAP of `cfg` with one queue per pair (`vhost=on`: see
+    /// [`Net::open`]).
     pub fn new(cfg: &NetConfig) -> Result<Net, NetError> {
+        if cfg.vhost {
+            return Err(NetError::VhostWithoutMemory(cfg.tap.clone()));
+        }
+        Net::open_taps(cfg)
+    }
+
+    fn open_taps(cfg: &NetConfig) -> Result<Net, NetError> {
         let taps = Tap::open_queues(&cfg.tap, usize::from(cfg.queues))?;
         let backends = taps
             .into_iter()
@@ -344,6 +450,8 @@ impl Net {
                 tap_gone: AtomicU64::new(0),
                 tap_config_errors: AtomicU64::new(0),
                 stray_kicks: AtomicU64::new(0),
+                parked: Mutex::new(Vec::new()),
+                vhost: AtomicBool::new(false),
             }),
             mac: cfg.mac(),
             features,
@@ -370,6 +478,53 @@ impl Net {
     /// Queue pairs.
     pub fn pairs(&self) -> usize {
         self.shared.pairs.len()
+    }
+
+    /// Hands pair `p`'s rings to its vhost-net: their kicks leave the worker's epoll set.
+    fn start_vhost(
+        &self,
+        p: usize,
+        st: &mut PairState,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn VirtioInterrupt,
+    ) -> Result<(), NetError> {
+        let (rx, tx) = (2 * p, 2 * p + 1);
+        let kicks = self.shared.kicks.get();
+        let (Some(rx_kick), Some(tx_kick)) =
+            (kicks.and_then(|k| k.get(rx)), kicks.and_then(|k| k.get(tx)))
+        else {
+            return Err(VhostError::Ioctl {
+                op: "VHOST_SET_VRING_KICK",
+                err: "the queues have no ioeventfd".into(),
+            }
+            .into());
+        };
+        let irqfd = |q: usize| {
+            interrupt
+                .irqfd(VirtioInterruptType::Queue(q as u16))
+                .ok_or(VhostError::NoIrqfd(q as u16))
+        };
+        let (rx_call, tx_call) = (irqfd(rx)?, irqfd(tx)?);
+        let PairState { active, vhost, .. } = st;
+        let (Some(a), Some(v)) = (active.as_ref(), vhost.as_mut()) else {
+            return Ok(());
+        };
+        self.shared.park_kick(rx, true);
+        self.shared.park_kick(tx, true);
+        let rings = [
+            Ring {
+                queue: &a.rxq,
+                kick: rx_kick,
+                call: rx_call,
+            },
+            Ring {
+                queue: &a.txq,
+                kick: tx_kick,
+                call: tx_call,
+            },
+        ];
+        v.start(a.acked, mem, rings, self.shared.pairs[p].backend.fd())?;
+        Ok(())
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
@@ -544,7 +699,17 @@ impl VirtioDevice for Net {
                     tx_blocked: false,
                     rx_stalled: false,
                     rx_enabled: enabled,
+                    vhost: st.vhost.is_some(),
                 });
+                if st.vhost.is_some() {
+                    if let Err(e) = self.start_vhost(p, &mut st, &mem, interrupt.as_ref()) {
+                        st.active = None;
+                        pair.sync_poll(&mut st);
+                        drop(st);
+                        self.reset();
+                        return Err(ActivateError::Other(e.to_string()));
+                    }
+                }
             }
             pair.sync_poll(&mut st);
         }
@@ -558,6 +723,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.shared.used_pairs.store(0, Ordering::Release);
         self.shared.ctrl_index.store(usize::MAX, Ordering::Release);
+        self.shared.stop_vhost(true);
         // Under each lock: once this returns no worker holds anything of the old driver.
         for pair in &self.shared.pairs {
             let mut st = pair.lock();
@@ -585,9 +751,26 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
+    fn kick_waiter(&self, queue: usize) -> Option<&'static str> {
+        let vhost = self.shared.vhost.load(Ordering::Acquire);
+        let used = self.shared.used_pairs.load(Ordering::Acquire);
+        (vhost && queue < 2 * used).then_some("vhost-net")
+    }
+
     fn describe(&self) -> String {
         let c = self.counters();
         let t = c.total();
+        if self.shared.vhost.load(Ordering::Acquire) {
+            let running = c.pairs.iter().filter(|p| p.vhost.running > 0).count();
+            return format!(
+                "tap={} mac={} link={} pairs={}/{} vhost=on ({running} pair(s) served by the kernel's vhost-net: frames, kicks and interrupts bypass trapvisor)",
+                self.shared.name,
+                format_mac(&self.mac),
+                if self.shared.link_up.load(Ordering::SeqCst) { "up" } else { "down" },
+                self.shared.used_pairs.load(Ordering::Acquire),
+                self.pairs(),
+            );
+        }
         format!(
             "tap={} mac={} link={} pairs={}/{} rx={}/{}B tx={}/{}B drops={} irqs={}",
             self.shared.name,

@@ -8,7 +8,8 @@
 //!   chains), [`used`] (the used ring and interrupt suppression), [`header`] (the vnet header and its checks), `tx`, `rx`, `ctrl`
 //!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), [`counters`], `trace` (what a run
 //!   records on the `--trace` timeline).
-//! * [`config`]: `--net tap=NAME,...`; [`backend`]: what a pair needs from its TAP queue.
+//! * [`config`]: `--net tap=NAME,...`; [`backend`]: what a pair needs from its TAP queue;
+//!   [`vhost`]: `vhost=on`, the kernel's vhost-net as a pair's bottom half.
 pub mod backend;
 pub mod chain;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod tap;
 mod trace;
 mod tx;
 pub mod used;
+pub mod vhost;
 mod worker;
 
 pub use backend::NetBackend;

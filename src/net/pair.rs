@@ -18,6 +18,7 @@ use super::counters::PairCounters;
 use super::rx::RxBuffers;
 use super::trace::Tracer;
 use super::used::UsedRing;
+use super::vhost::VhostPair;
 use crate::trace::timeline::Timeline;
 use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 
@@ -63,6 +64,8 @@ pub(crate) struct PairState {
     /// `--trace`: the timeline (set at activation) and the flow the current run serves.
     pub timeline: Option<Arc<Timeline>>,
     pub flow: u64,
+    /// `vhost=on`: the pair's vhost-net instance, which serves its rings while active.
+    pub vhost: Option<VhostPair>,
 }
 
 /// A pair between DRIVER_OK and reset.
@@ -90,6 +93,8 @@ pub(crate) struct ActivePair {
     pub rx_stalled: bool,
     /// Within the queue pairs the driver uses (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
     pub rx_enabled: bool,
+    /// vhost-net serves both rings: this thread neither reads nor writes the TAP for them.
+    pub vhost: bool,
 }
 
 impl Pair {
@@ -111,6 +116,7 @@ impl Pair {
                 overflow: Box::new([0; OVERFLOW_LEN]),
                 timeline: None,
                 flow: 0,
+                vhost: None,
             }),
         })
     }
@@ -122,7 +128,7 @@ impl Pair {
     /// Makes the TAP fd's epoll registration match what the state needs.
     pub fn sync_poll(&self, st: &mut PairState) {
         let want = match &st.active {
-            Some(a) if st.attached && !st.gone => {
+            Some(a) if st.attached && !st.gone && !a.vhost => {
                 let mut ev = EventSet::empty();
                 if a.rxq.ready() && a.rx_enabled && !a.rx_stalled {
                     ev |= EventSet::IN;

@@ -91,7 +91,7 @@ impl PairState {
             return Ok(());
         };
         let tr = trace::tracer(timeline, *flow);
-        if !a.rxq.ready() || !a.rx_enabled || *gone {
+        if !a.rxq.ready() || !a.rx_enabled || *gone || a.vhost {
             return Ok(());
         }
         let c = &mut counters.rx;

@@ -84,7 +84,7 @@ impl PairState {
             return Ok(());
         };
         let tr = trace::tracer(timeline, *flow);
-        if !a.txq.ready() || a.tx_blocked {
+        if !a.txq.ready() || a.tx_blocked || a.vhost {
             return Ok(());
         }
         let c = &mut counters.tx;

@@ -41,6 +41,10 @@ pub trait MsiDelivery: Send {
     fn gsi(&self, _vector: u16) -> Option<u32> {
         None
     }
+    /// The eventfd that raises `vector` through KVM while it is armed, if there is one.
+    fn irqfd(&self, _vector: u16) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// What fires an open vector without the function's lock (see `msix_fast`), if this
     /// delivery has one.
     fn fast_sender(&self) -> Option<Box<dyn FastSend>> {
@@ -136,6 +140,11 @@ impl MsiDelivery for IrqfdDelivery {
 
     fn fast_sender(&self) -> Option<Box<dyn FastSend>> {
         Some(Box::new(IrqfdSend(self.evts.clone())))
+    }
+
+    fn irqfd(&self, vector: u16) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.evts.get(usize::from(vector)).map(|e| e.as_raw_fd())
     }
 
     /// The GSI of an armed (or once armed) vector.
@@ -315,6 +324,11 @@ impl Msix {
             stats: MsixStats::default(),
             fast,
         }
+    }
+
+    /// The eventfd that raises `vector` through KVM while it is armed (irqfd delivery).
+    pub fn irqfd(&self, vector: u16) -> Option<std::os::fd::RawFd> {
+        self.delivery.irqfd(vector)
     }
 
     /// The lock-free fire path: [`FastPath::try_fire`], with [`Msix::fire`] when it declines.

@@ -75,6 +75,13 @@ pub trait VirtioInterrupt: Send + Sync {
     fn current_flow(&self) -> u64 {
         0
     }
+
+    /// The eventfd whose write raises `kind`'s vector through KVM (irq=irqfd), for a kernel
+    /// backend (vhost-net) to signal directly; `None` without one. Borrowed: valid while the
+    /// transport lives.
+    fn irqfd(&self, _kind: VirtioInterruptType) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +162,11 @@ pub trait VirtioDevice: Send {
     /// calls `process_queue`.
     fn take_notify_events(&mut self, _events: &[EventFd]) -> bool {
         false
+    }
+    /// Who waits on queue `queue`'s ioeventfd when it is not the event loop or the device's
+    /// own threads (vhost-net), for reports; `None`: the usual.
+    fn kick_waiter(&self, _queue: usize) -> Option<&'static str> {
+        None
     }
 }
 

@@ -153,6 +153,17 @@ impl VirtioInterrupt for VirtioPciInterrupt {
         self.flow.load(Ordering::Relaxed)
     }
 
+    fn irqfd(&self, kind: VirtioInterruptType) -> Option<std::os::fd::RawFd> {
+        let vector = match kind {
+            VirtioInterruptType::Config => self.config_vector(),
+            VirtioInterruptType::Queue(q) => self.queue_vector(usize::from(q)),
+        };
+        if vector == NO_VECTOR {
+            return None;
+        }
+        self.lock_msix().irqfd(vector)
+    }
+
     fn trigger_in_flow(&self, kind: VirtioInterruptType, flow: u64) -> Result<(), InterruptError> {
         let (bit, vector) = match kind {
             VirtioInterruptType::Config => (ISR_CONFIG, self.config_vector()),

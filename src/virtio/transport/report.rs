@@ -20,6 +20,9 @@ pub struct QueueReport {
     /// those wakeups in its own counters.
     pub kicks_ioeventfd: u64,
     pub kicks_exit: u64,
+    /// Who else waits on its ioeventfd ("vhost-net"), if not the event loop or the device's
+    /// threads.
+    pub waiter: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,7 @@ impl VirtioPciDevice {
                     ioeventfd: self.ioevent_address(q),
                     kicks_ioeventfd: self.queue_kicks[q][0],
                     kicks_exit: self.queue_kicks[q][1],
+                    waiter: self.device.kick_waiter(q),
                 })
                 .collect(),
             config_vector: vector(self.interrupt.config_vector()),
