@@ -144,7 +144,7 @@ mkdir -p "$kit"
 # L1: KVM (AMD: QEMU's TCG emulates SVM), virtio-pci, 9p over virtio, tun.
 l1="$work/l1"
 skeleton "$l1" "$here/l1-init.sh"
-add_modules "$l1" kvm_amd virtio_pci 9pnet_virtio 9p tun
+add_modules "$l1" kvm_amd virtio_pci 9pnet_virtio 9p tun vhost_net
 pack "$l1" "$kit/l1.cpio.gz"
 
 # L2: virtio-pci, virtio-net, virtio-rng (loaded when present), pvpanic (the ACPI QEMU0001

@@ -2,12 +2,18 @@
 # Runs one nested scenario's VMM inside L1 (scripts/nested/run.sh copies this file into the job
 # directory; scenarios.sh calls it as "$L1RUN"), with what the NIC scenarios need around it:
 #
-#   l1-run.sh [--tap NAME] [--mq] [--iperf] -- COMMAND...
+#   l1-run.sh [--tap NAME] [--mq] [--iperf] [--hog] -- COMMAND...
 #
 #   --tap NAME   create the TAP NAME (10.0.2.1/24, up) before COMMAND, delete it afterwards;
 #                the VMM attaches to it by name (trapvisor --net tap=NAME, QEMU -netdev tap)
 #   --mq         make it a multiqueue TAP (IFF_MULTI_QUEUE, for queues=N)
 #   --iperf      an iperf3 server on 10.0.2.1 while COMMAND runs (for l2.iperf=client:10.0.2.1)
+#   --hog        once the console says "L2: phase loaded", a busy loop on L1's CPU 1 (as on a
+#                busy host) until COMMAND ends
+#
+# Each console line "L2: iperf3 begin" samples the VMM process's CPU time (utime + stime);
+# the next "L2: iperf3 ... mbps=" line adds "l1-run: vmm_cpu_s=S for LINE" on stderr (the
+# VMM's CPU seconds during that iperf3 run; vhost-net's kernel threads not included).
 #
 # When COMMAND is "trapvisor run ...", it gets --api-socket /run/l1-run-api.sock (the path
 # run.sh's job asks), so that a scenario about to time out can be asked for its statistics
@@ -21,11 +27,13 @@ set -uo pipefail
 tap=
 mq=
 iperf=0
+hog=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --tap) tap=$2; shift 2 ;;
     --mq) mq=multi_queue; shift ;;
     --iperf) iperf=1; shift ;;
+    --hog) hog=1; shift ;;
     --) shift; break ;;
     *) echo "l1-run: unknown argument '$1'" >&2; exit 2 ;;
     esac
@@ -33,8 +41,10 @@ done
 [ $# -gt 0 ] || { echo "l1-run: no command" >&2; exit 2; }
 
 srv=
+hogpid=
 cleanup() {
     [ -z "$srv" ] || kill "$srv" 2>/dev/null
+    [ -z "$hogpid" ] || kill "$hogpid" 2>/dev/null
     [ -z "$tap" ] || ip link del "$tap" 2>/dev/null
 }
 trap cleanup EXIT
@@ -60,14 +70,41 @@ if [ "${1##*/}" = trapvisor ] && [ "${2:-}" = run ]; then
     set -- "$1" run --api-socket "$api" "${@:3}"
 fi
 
+# The VMM's CPU time in clock ticks (the newest process of COMMAND's name; one VMM at a time).
+vmm=${1##*/}
+vmm_ticks() {
+    local p
+    p=$(pgrep -n -x "${vmm:0:15}") || return
+    awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null
+}
+hz=$(getconf CLK_TCK)
+
 start=$EPOCHREALTIME
-"$@" | while IFS= read -r line; do
-    printf '%s\n' "$line"
-    case "$line" in
-    "L2: userspace up"*)
-        awk -v s="$start" -v e="$EPOCHREALTIME" \
-            'BEGIN { printf "l1-run: wall_to_userspace_s=%.2f\n", e - s }' >&2
-        ;;
-    esac
-done
+"$@" | {
+    t0=
+    while IFS= read -r line; do
+        printf '%s\n' "$line"
+        case "$line" in
+        "L2: userspace up"*)
+            awk -v s="$start" -v e="$EPOCHREALTIME" \
+                'BEGIN { printf "l1-run: wall_to_userspace_s=%.2f\n", e - s }' >&2
+            ;;
+        "L2: phase loaded"*)
+            if [ "$hog" = 1 ] && [ -z "$hogpid" ]; then
+                timeout 600 taskset -c 1 sh -c 'while :; do :; done' &
+                hogpid=$!
+            fi
+            ;;
+        "L2: iperf3 begin"*) t0=$(vmm_ticks) ;;
+        "L2: iperf3 "*mbps=*)
+            t1=$(vmm_ticks)
+            [ -z "$t0" ] || [ -z "$t1" ] ||
+                awk -v a="$t0" -v b="$t1" -v hz="$hz" -v l="${line%$'\r'}" \
+                    'BEGIN { printf "l1-run: vmm_cpu_s=%.2f for %s\n", (b - a) / hz, l }' >&2
+            t0=
+            ;;
+        esac
+    done
+    [ -z "$hogpid" ] || kill "$hogpid" 2>/dev/null
+}
 exit "${PIPESTATUS[0]}"

@@ -12,7 +12,17 @@
 #   l2.iperf=client:ADDR  run "iperf3 -c ADDR -t l2.iperf_time (default 3) -P l2.iperf_p
 #                         (default 1)" in the directions of l2.iperf_dir=tx|rx|both (default
 #                         tx; rx is iperf3 -R: the server sends): "L2: iperf3 tx mbps=M" (the
-#                         receiver's figure) per direction
+#                         receiver's figure) per direction; l2.iperf_phases=quiet,loaded runs
+#                         them again after "L2: phase loaded" ("L2: iperf3 loaded tx mbps=M");
+#                         l2.iperf_begin=1 prints "L2: iperf3 begin" before each run
+#   l2.napi_tx=0          load virtio_net with napi_tx=0 (TX skbs freed at xmit, not on the
+#                         completion interrupt: TCP Small Queues stops waiting for the device)
+#   l2.relink=1           after iperf3: "ip link set eth0 down", "up", 5 pings to l2.ping:
+#                         "L2: relink ping ok R/5"
+#   l2.rebind=1           after that: unbind virtio_net from eth0's virtio device and bind it
+#                         again (the device is reset and re-initialized), address, 5 pings:
+#                         "L2: rebind ping ok R/5", and 1 s of iperf3 -c each way when
+#                         l2.iperf=client:ADDR ("L2: rebind iperf3 tx mbps=M")
 #   l2.msr=A,B,...        print these MSRs of CPU 0 ("L2: msr 0x2ff=0000000000000c06")
 #   l2.cpuid=L,...        print these CPUID leaves (subleaf 0) of CPU 0 as eax ebx ecx edx
 #   l2.dmesg=1            print the kernel log between "L2: dmesg begin" and "L2: dmesg end"
@@ -53,8 +63,14 @@ say "memtotal_kb=$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/mem
 say "cpu model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
 
 while read -r m; do
-    insmod "/$m" 2>/dev/null || say "insmod $m failed"
+    opts=
+    case "$m" in
+    */virtio_net.ko*) [ "$(arg napi_tx "")" = 0 ] && opts=napi_tx=0 ;;
+    esac
+    # shellcheck disable=SC2086 # $opts is one word or none
+    insmod "/$m" $opts 2>/dev/null || say "insmod $m failed"
 done </etc/modules.load
+[ "$(arg napi_tx "")" != 0 ] || say "virtio_net napi_tx=$(cat /sys/module/virtio_net/parameters/napi_tx 2>/dev/null)"
 ip link set lo up
 
 rootdev=$(arg root "")
@@ -142,20 +158,71 @@ client:*)
     rx) dirs=rx ;;
     *) dirs=tx ;;
     esac
-    for d in $dirs; do
-        r=
-        [ "$d" = tx ] || r=-R
-        # Only the result goes to the console (every byte there is slow): the receiver's
-        # summary line (with -P, the SUM line), its Mbit/s.
-        if iperf3 -c "$host" $r -t "$(arg iperf_time 3)" -P "$(arg iperf_p 1)" -f m >/tmp/iperf.out 2>&1; then
-            m=$(awk '/receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i } END { print v }' /tmp/iperf.out)
-            say "iperf3 $d mbps=${m:-?}"
-        else
-            say "iperf3 $d failed: $(tail -n 1 /tmp/iperf.out)"
+    for ph in $(arg iperf_phases quiet | tr ',' ' '); do
+        # Another phase: announce it (scripts/nested/l1-run.sh --hog starts its CPU hog on
+        # "L2: phase loaded") and give L1 a second.
+        label=
+        if [ "$ph" != quiet ]; then
+            label="$ph "
+            say "phase $ph"
+            sleep 1
         fi
+        for d in $dirs; do
+            r=
+            [ "$d" = tx ] || r=-R
+            # Only the result goes to the console (every byte there is slow): the receiver's
+            # summary line (with -P, the SUM line), its Mbit/s. "begin" lets L1 sample the
+            # VMM's CPU time (l1-run.sh).
+            [ "$(arg iperf_begin 0)" = 0 ] || say "iperf3 begin"
+            if iperf3 -c "$host" $r -t "$(arg iperf_time 3)" -P "$(arg iperf_p 1)" -f m >/tmp/iperf.out 2>&1; then
+                m=$(awk '/receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i } END { print v }' /tmp/iperf.out)
+                say "iperf3 $label$d mbps=${m:-?}"
+            else
+                say "iperf3 $label$d failed: $(tail -n 1 /tmp/iperf.out)"
+            fi
+        done
     done
     ;;
 esac
+# 5 pings to l2.ping: "ok R/5" or "failed".
+ping5() {
+    p=$(arg ping "")
+    out=$(ping -c 5 -i 0.2 -W 2 "$p" 2>&1)
+    got=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    if [ "${got:-0}" -gt 0 ]; then echo "ok ${got}/5"; else echo "failed 0/5"; fi
+}
+if [ "$(arg relink 0)" = 1 ] && [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 down
+    ip link set eth0 up
+    sleep 1
+    say "relink ping $(ping5)"
+fi
+if [ "$(arg rebind 0)" = 1 ] && [ -e /sys/class/net/eth0 ]; then
+    vdev=$(basename "$(readlink -f /sys/class/net/eth0/device)")
+    drv=/sys/bus/virtio/drivers/virtio_net
+    echo "$vdev" >"$drv/unbind" && echo "$vdev" >"$drv/bind" || say "rebind of $vdev failed"
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ip link set eth0 up
+    ip addr add "$(arg ip "")" dev eth0 2>/dev/null
+    sleep 1
+    say "rebind ping $(ping5)"
+    case "$(arg iperf "")" in
+    client:*)
+        host=$(arg iperf "")
+        for d in tx rx; do
+            r=
+            [ "$d" = tx ] || r=-R
+            if iperf3 -c "${host#client:}" $r -t 1 -f m >/tmp/iperf.out 2>&1; then
+                m=$(awk '/receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i } END { print v }' /tmp/iperf.out)
+                say "rebind iperf3 $d mbps=${m:-?}"
+            else
+                say "rebind iperf3 $d failed: $(tail -n 1 /tmp/iperf.out)"
+            fi
+        done
+        ;;
+    esac
+fi
 [ "$nics" = 0 ] || virtio_irqs
 [ -z "$(cat /sys/class/misc/hw_random/rng_available 2>/dev/null)" ] ||
     say "hwrng current=$(cat /sys/class/misc/hw_random/rng_current) available=$(cat /sys/class/misc/hw_random/rng_available)"

@@ -165,6 +165,48 @@ for q in input.0 input.1 output.0 output.1; do
 done
 expect l2-net-mq poweroff 'guest powered off'
 
+# --- vhost=on: the kernel's vhost-net moves the frames (L1 loads vhost_net) ----------------------
+# Two pairs on a multiqueue TAP, Linux's virtio_net with offloads: MSI-X, 20 pings, iperf3 -P 4
+# both ways with each of the four queues interrupting, the link taken down and up, then the
+# driver unbound and bound again (a device reset: vhost-net lets go, the next DRIVER_OK hands the
+# new rings over) with pings and iperf3 afterwards. --stats: the counters say vhost-net served.
+scenario l2-net-vhost 240 -- "$L1RUN" --tap tv0 --mq --iperf -- "$TRAPVISOR" run --stats \
+    --kernel "$KIT/vmlinuz" "${l2[@]}" --cpus 2 --net tap=tv0,queues=2,vhost=on \
+    --cmdline "$l2_net l2.iperf=client:10.0.2.1 l2.iperf_dir=both l2.iperf_p=4 l2.iperf_time=2 l2.relink=1 l2.rebind=1"
+expect_rc l2-net-vhost 0
+expect l2-net-vhost msix '^L2: eth0 msi_irqs=[1-9][0-9]* mode=msix$'
+expect l2-net-vhost offloads '^L2: eth0 features CSUM GUEST_CSUM GUEST_TSO4 GUEST_TSO6 HOST_TSO4 HOST_TSO6 .*MQ .*EVENT_IDX'
+expect l2-net-vhost queues '^L2: eth0 queues rx=2 tx=2$'
+expect l2-net-vhost ping '^L2: ping 10\.0\.2\.1 ok 20/20 '
+expect l2-net-vhost iperf-tx '^L2: iperf3 tx mbps=[0-9.]*[1-9]'
+expect l2-net-vhost iperf-rx '^L2: iperf3 rx mbps=[0-9.]*[1-9]'
+for q in input.0 input.1 output.0 output.1; do
+    expect l2-net-vhost "irqs-$q" "^L2: irq virtio[0-9]+-${q/./\\.} PCI-MSI.* count=[1-9]"
+done
+expect l2-net-vhost relink '^L2: relink ping ok [1-5]/5'
+expect l2-net-vhost rebind '^L2: rebind ping ok [1-5]/5'
+expect l2-net-vhost rebind-tx '^L2: rebind iperf3 tx mbps=[0-9.]*[1-9]'
+expect l2-net-vhost rebind-rx '^L2: rebind iperf3 rx mbps=[0-9.]*[1-9]'
+expect l2-net-vhost vhost-started 'pair1\.vhost\.starts=2'
+expect_not l2-net-vhost no-trapvisor-tx 'tx0\.frames='
+expect l2-net-vhost poweroff 'guest powered off'
+
+# Offloads withdrawn (offload=off): no CSUM/TSO, iperf3 both ways through vhost-net.
+scenario l2-net-vhost-offload-off 200 -- "$L1RUN" --tap tv0 --iperf -- "$TRAPVISOR" run \
+    --kernel "$KIT/vmlinuz" "${l2[@]}" --net tap=tv0,offload=off,vhost=on \
+    --cmdline "$l2_cmdline l2.ip=10.0.2.15/24 l2.iperf=client:10.0.2.1 l2.iperf_dir=both l2.iperf_time=2"
+expect_rc l2-net-vhost-offload-off 0
+expect_not l2-net-vhost-offload-off no-offloads '^L2: eth0 features .*(CSUM|TSO)'
+expect l2-net-vhost-offload-off iperf-tx '^L2: iperf3 tx mbps=[0-9.]*[1-9]'
+expect l2-net-vhost-offload-off iperf-rx '^L2: iperf3 rx mbps=[0-9.]*[1-9]'
+
+# The built-in guest's own driver with vhost-net underneath.
+scenario builtin-net-ping-vhost 60 -- "$L1RUN" --tap tv0 -- "$TRAPVISOR" run --stats \
+    --net tap=tv0,vhost=on --cmdline "net.ping=10.0.2.1,count=20"
+expect_rc builtin-net-ping-vhost 0
+expect builtin-net-ping-vhost pass 'guest reported PASS'
+expect builtin-net-ping-vhost vhost 'pair0\.vhost\.starts=1'
+
 # --- trapvisor vs QEMU/KVM (q35, virtio-net-pci on the same TAP, no vhost) in the same L1 ---------
 # The same kernel, initramfs and L2 work: time to the userspace marker (L2's uptime and L1's wall
 # clock), ping RTT, iperf3 both ways. scripts/nested/compare.sh turns the pair into ratios
