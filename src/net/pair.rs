@@ -31,14 +31,6 @@ pub(crate) const TOKEN_TAP: u64 = u64::MAX - 2;
 /// longer than the buffers (the kernel truncates silently otherwise).
 pub(crate) const OVERFLOW_LEN: usize = 64;
 
-/// Used entries are published (one store of the used index) every this many frames, and at
-/// the end of each run: a polling driver sees them soon, and the index's cache line does not
-/// move between CPUs for every frame.
-pub(crate) const PUBLISH_BATCH: u16 = 8;
-/// The driver is considered for an interrupt every this many published entries, and at the
-/// end of each run.
-pub(crate) const BATCH: u16 = 16;
-
 pub(crate) struct Pair {
     pub index: usize,
     pub backend: Box<dyn NetBackend>,
