@@ -500,4 +500,25 @@ mod tests {
         );
         assert!(!out.contains("tx1:"), "{out}");
     }
+
+    /// Queues vhost-net serves show it as their kick waiter, not a zero count, and a line
+    /// says why trapvisor counts nothing for them.
+    #[test]
+    fn vhost_queues_are_named_not_zero() {
+        let q = |n: u16, waiter: Option<&str>| {
+            serde_json::json!({"queue": n, "size": 256, "enabled": true, "vector": n + 1,
+                "ioeventfd": 0xc000_3000u64 + 4 * u64::from(n), "kicks_ioeventfd": 0,
+                "kicks_exit": 0, "waiter": waiter})
+        };
+        let stats = serde_json::json!({"devices": [{
+            "device": "virtio-net@00:01.0", "options": "", "interrupts": [], "counters": {},
+            "queues": [q(0, Some("vhost-net")), q(1, Some("vhost-net")), q(2, None)],
+        }]});
+        let out = format_devices(&stats);
+        assert!(out.contains("vhost-net"), "{out}");
+        assert!(
+            out.contains("queues 0, 1 are served by the kernel's vhost-net"),
+            "{out}"
+        );
+    }
 }
