@@ -4,6 +4,7 @@
 #
 #   scripts/nested/bench.sh [--rounds N] [--time S] [--queues "1 2"] [--before PATH]
 #                           [--napi] [--no-vhost] [--with ERE] [--out DIR] [--trapvisor PATH]
+#                           [--report]
 #
 # The same L2 kernel and initramfs under trapvisor (--net tap=tv0) and QEMU q35 (virtio-net-pci
 # on -netdev tap, vhost=off and vhost=on; L1 loads vhost_net), and, with vhost=on, trapvisor
@@ -20,7 +21,9 @@
 # Prints, per figure, the median Mbit/s of each VMM over the rounds, the ratios trapvisor /
 # QEMU, and trapvisor's VMM CPU seconds per Gbit moved (its process's CPU time during each
 # iperf3 run, from L1; vhost-net's kernel threads are not in it). The table goes to
-# DIR/bench.txt (default .cache/nested/bench), the raw figures to DIR/bench.tsv.
+# DIR/bench.txt (default .cache/nested/bench), the raw figures to DIR/bench.tsv; each
+# trapvisor run's exit table and device counters (--stats) are in DIR/results/NAME/stderr.
+# --report only prints the table of an earlier run's results (DIR/results).
 # Hold the machine's L1 lock around it when others share the machine:
 #   flock /work/.locks/l1 scripts/nested/bench.sh   (any lock file of your own elsewhere)
 set -euo pipefail
@@ -32,6 +35,7 @@ queues="1 2"
 before=
 napi=0
 vhost=1
+report=0
 with=
 out="$root/.cache/nested/bench"
 tv="$root/target/release/trapvisor"
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     --napi) napi=1; shift ;;
     --no-vhost) vhost=0; shift ;;
     --with) with=$2; shift 2 ;;
+    --report) report=1; shift ;;
     --out) out=$2; shift 2 ;;
     --trapvisor) tv=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
@@ -81,7 +86,7 @@ bench() {
         local bin=$TRAPVISOR
         [ "$kind" != before ] || bin=$BENCH_BEFORE
         [ "$kind" != tvvh ] || net="$net,vhost=on"
-        scenario "$name" 240 --slow -- "$L1RUN" --tap tv0 $mq --iperf --hog -- "$bin" run \
+        scenario "$name" 240 --slow -- "$L1RUN" --tap tv0 $mq --iperf --hog -- "$bin" run --stats \
             --kernel "$KIT/vmlinuz" --initrd "$KIT/l2.cpio.gz" --memory 512M --cpus "$q" \
             --net "$net" --cmdline "$cmd"
         ;;
@@ -117,9 +122,11 @@ EOF
 } >"$scen"
 
 status=0
+if [ "$report" = 0 ]; then
 only='^r[0-9]+-'
 [ -z "$with" ] || only="^(r[0-9]+-.*|${with#^})"
 bash "$here/run.sh" --scenarios "$scen" --only "$only" --out "$res" --trapvisor "$tv" || status=$?
+fi
 
 # Raw figures: round kind pairs variant phase dir mbps vmm_cpu_s.
 tsv="$out/bench.tsv"
@@ -132,7 +139,7 @@ for d in "$res"/r*-*; do
     { grep -a '^L2: iperf3 ' "$d/console" | tr -d '\r' | grep 'mbps=' || true; } | while read -r _ _ a b c; do
         if [ "${a}" = loaded ]; then phase=loaded dir=$b m=${c#mbps=}; else phase=quiet dir=$a m=${b#mbps=}; fi
         cpu=$(grep -a "vmm_cpu_s=.* for L2: iperf3 $( [ "$phase" = loaded ] && echo 'loaded ')$dir mbps=" "$d/stderr" |
-            sed -n 's/.*vmm_cpu_s=\([0-9.]*\).*/\1/p' | head -n 1)
+            sed -n 's/.*vmm_cpu_s=\([0-9.]*\).*/\1/p' | head -n 1 || true)
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${r#r}" "$k" "${q#q}" "$variant" "$phase" "$dir" "$m" "${cpu:--}" >>"$tsv"
     done
 done
