@@ -2,7 +2,12 @@
 //! the same guest code (the built-in guest's `pio-loop` / `mmio-loop`), interleaved, in one run.
 //! Also: start → first serial byte, and peak RSS outside guest RAM.
 //!
-//! `cargo bench --bench exits` (options: `-- --exits N --rounds R`). On aarch64 only MMIO
+//! Method: every thread of the benchmark (the bare loop and trapvisor's vCPU) runs on one CPU
+//! (`--cpu`, default the last), the variants take turns in each round, and each run's figure is
+//! the median of its round trips (the time between consecutive SINK writes), so a round trip
+//! that was preempted moves it little; the table shows the median over the rounds.
+//!
+//! `cargo bench --bench exits` (options: `-- --exits N --rounds R --cpu C`). On aarch64 only MMIO
 //! exists; to run it in an arm64 L1 from an x86 machine: `cargo bench --bench exits --no-run
 //! --target aarch64-unknown-linux-musl`, copy the bench binary it names and the aarch64
 //! trapvisor there, and run `TRAPVISOR_BIN=./trapvisor ./exits-... --exits N`.
@@ -88,6 +93,8 @@ fn bare(cmdline: &str) -> Duration {
     arch::configure_vcpu(vm.kvm(), &vcpu, 0, 1, &entry, vm.memory()).expect("configure");
     let mut count: u32 = 0;
     let mut window: Option<(Instant, Instant)> = None;
+    // The same per-SINK work as the test device: a clock read and a histogram record.
+    let mut gaps = testdev::gap_histogram();
     loop {
         let (at, data) = match vcpu.run().expect("KVM_RUN") {
             VcpuExit::IoOut(port, data) => ((true, u64::from(port)), data),
@@ -107,13 +114,18 @@ fn bare(cmdline: &str) -> Duration {
         if p.sinks.contains(&at) {
             count += 1;
             let now = Instant::now();
-            window = Some((window.map_or(now, |w| w.0), now));
+            let (first, last) = window.unwrap_or((now, now));
+            if count > 1 {
+                gaps.saturating_record((now - last).as_nanos().max(1) as u64);
+            }
+            window = Some((first, now));
         } else if p.exits.contains(&at) {
             assert_eq!(data[0], 0, "guest failed under the bare loop");
             break;
         }
     }
-    per_exit(window, count)
+    assert!(window.is_some() && count > 1, "no SINK round trips in the bare loop");
+    Duration::from_nanos(gaps.value_at_quantile(0.5))
 }
 
 /// A read: the SINK count, a THR-empty LSR, all-ones elsewhere.
@@ -137,12 +149,17 @@ fn trapvisor_run(cmdline: &str, stats: bool) -> Duration {
     vmm.set_exit_stats(stats);
     let r = vmm.run(None, false).expect("run");
     assert_eq!(r.reason, trapvisor::kvm::exit::StopReason::DebugExit(0));
-    per_exit(vmm.sink_window(), vmm.sink_count() as u32)
+    vmm.sink_gap_median().expect("no SINK round trips")
 }
 
-fn per_exit(window: Option<(Instant, Instant)>, count: u32) -> Duration {
-    let (first, last) = window.expect("no SINK exits");
-    (last - first) / count.saturating_sub(1).max(1)
+/// Runs this thread, and every thread it starts afterwards, on CPU `cpu` only.
+fn pin(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only write/read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -239,10 +256,21 @@ fn arg(name: &str, default: u32) -> u32 {
 }
 
 fn main() {
-    let exits = arg("--exits", 20000);
-    let rounds = arg("--rounds", 5);
-    println!("exit round trip, {exits} exits per run, {rounds} rounds interleaved, medians");
+    let exits = arg("--exits", 5000);
+    let rounds = arg("--rounds", 21);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = arg("--cpu", cpus as u32 - 1) as usize;
+    let pinned = if pin(cpu) {
+        format!("pinned to CPU {cpu}")
+    } else {
+        "not pinned (sched_setaffinity failed)".to_string()
+    };
+    println!(
+        "exit round trip, {exits} exits per run, {rounds} rounds interleaved, {pinned}; \
+         per run the median round trip; times: the median of the runs"
+    );
     println!("trapvisor: exit statistics on (the default); stats off: the same, not recording");
+    println!("ratios: the median over the rounds of each round's ratio");
     println!(
         "{:<6} {:>10} {:>15} {:>11} {:>14} {:>16}",
         "exit", "bare (us)", "trapvisor (us)", "vs bare", "stats off (us)", "stats cost (on/off)"
@@ -254,21 +282,40 @@ fn main() {
     };
     for &(name, cmd) in kinds {
         let cmdline = format!("{cmd}={exits}");
-        let (mut b, mut t, mut off) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            b.push(bare(&cmdline));
-            t.push(trapvisor_run(&cmdline, true));
-            off.push(trapvisor_run(&cmdline, false));
+        let (v0, v1, v2) = (
+            || bare(&cmdline),
+            || trapvisor_run(&cmdline, true),
+            || trapvisor_run(&cmdline, false),
+        );
+        let variants: Vec<&dyn Fn() -> Duration> = vec![&v0, &v1, &v2];
+        let mut runs: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds as usize {
+            // Each round in another order, so that no variant always goes first.
+            for k in 0..variants.len() {
+                let v = (round + k) % variants.len();
+                runs[v].push(variants[v]());
+            }
         }
-        let (b, t, off) = (median(&mut b), median(&mut t), median(&mut off));
+        // Ratios within a round (its runs saw the same machine), then their median.
+        let ratio = |a: usize, b: usize| -> f64 {
+            let mut r: Vec<f64> = runs[a]
+                .iter()
+                .zip(&runs[b])
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect();
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        };
+        let (vs_bare, stats_cost) = (ratio(1, 0), ratio(1, 2));
+        let m: Vec<Duration> = runs.iter().map(|r| median(&mut r.clone())).collect();
         println!(
             "{:<6} {:>10.3} {:>15.3} {:>11.3} {:>14.3} {:>16.3}",
             name,
-            us(b),
-            us(t),
-            t.as_secs_f64() / b.as_secs_f64(),
-            us(off),
-            t.as_secs_f64() / off.as_secs_f64()
+            us(m[0]),
+            us(m[1]),
+            vs_bare,
+            us(m[2]),
+            stats_cost
         );
     }
     if !std::path::Path::new(&trapvisor_bin()).exists() {
@@ -280,13 +327,14 @@ fn main() {
     }
     let mut starts = Vec::new();
     let mut rss = Vec::new();
-    for _ in 0..rounds {
+    let starts_n = rounds.min(7);
+    for _ in 0..starts_n {
         let (s, r) = startup_and_rss();
         starts.push(s);
         rss.extend(r);
     }
     println!(
-        "start -> first serial byte: {:.2} ms (median of {rounds})",
+        "start -> first serial byte: {:.2} ms (median of {starts_n})",
         median(&mut starts).as_secs_f64() * 1e3
     );
     rss.sort();

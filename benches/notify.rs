@@ -360,10 +360,7 @@ fn exit_bare(n: u32) -> Duration {
 
 fn exit_trapvisor(n: u32) -> Duration {
     let (_vm, mut vcpu, pio, mmio, pci) = trapvisor_vm(n, NotifyMode::Exit, IrqMode::Irqfd);
-    let buses = Buses {
-        pio: &pio,
-        mmio: &mmio,
-    };
+    let buses = Buses::new(&pio, &mmio);
     let (per, exits) = run_kicks(&mut vcpu, n, |addr, data| {
         handle_exit(Exit::MmioWrite { addr, data }, &buses);
     });

@@ -16,6 +16,7 @@ use crate::kvm::vm::{Vm, VmError};
 use crate::net::{Net, NetConfig, NetError, NetHandle};
 use crate::pci::platform::{PciPlatform, PlatformError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::trace::clock::{Epoch, TickSource};
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::kstats::KernelStats;
 use crate::trace::phases::StartPhases;
@@ -143,6 +144,8 @@ pub struct Vmm {
     kernel_stats: Arc<KernelStats>,
     seccomp: SeccompMode,
     seccomp_selftest: bool,
+    /// The counter the exit statistics are recorded in.
+    ticks: TickSource,
     /// Exit statistics recorded (on unless `set_exit_stats(false)`).
     exit_stats_on: bool,
     /// The start so far (`new` and `run` add to it).
@@ -248,6 +251,7 @@ impl Vmm {
             arch::configure_vcpu(vm.kvm(), fd, id as u8, nr_cpus, &entry, vm.memory())?;
         }
         let system_map = arch::map_lines(&machine, &entry);
+        let epoch = Epoch::new(TickSource::detect());
         let kernel_stats = Arc::new(KernelStats::open(
             vm.fd(),
             &vcpus.iter().collect::<Vec<_>>(),
@@ -264,7 +268,10 @@ impl Vmm {
             vcpus,
             serial,
             testdev,
-            exit_stats: (0..nr_cpus).map(|_| Arc::default()).collect(),
+            exit_stats: (0..nr_cpus)
+                .map(|_| Arc::new(Mutex::new(ExitStats::ticked(epoch))))
+                .collect(),
+            ticks: epoch.source(),
             timeline: None,
             kernel_stats,
             seccomp: SeccompMode::Off,
@@ -333,6 +340,13 @@ impl Vmm {
             .sink_window()
     }
 
+    /// The median time between consecutive SINK writes (one round trip of an exit loop).
+    pub fn sink_gap_median(&self) -> Option<std::time::Duration> {
+        let t = self.testdev.lock().unwrap_or_else(|e| e.into_inner());
+        let h = t.sink_gaps()?;
+        Some(std::time::Duration::from_nanos(h.value_at_quantile(0.5)))
+    }
+
     /// Confines every thread the VM starts (and the calling thread once they run) with the
     /// seccomp filter of its kind. `selftest` makes vcpu0 try one forbidden syscall.
     pub fn set_seccomp(&mut self, mode: SeccompMode, selftest: bool) {
@@ -381,7 +395,7 @@ impl Vmm {
     pub fn exit_stats(&self) -> Vec<ExitStats> {
         self.exit_stats
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).snapshot())
             .collect()
     }
 
@@ -445,6 +459,7 @@ impl Vmm {
             seccomp: self.seccomp,
             seccomp_selftest: self.seccomp_selftest,
             exit_stats: self.exit_stats_on,
+            ticks: self.ticks,
         };
         // virtio-net queue pairs run on worker threads of their own, made here (a vCPU thread
         // may not create threads); they end with the VM and are joined after the vCPUs.

@@ -44,7 +44,7 @@ fuzz_target!(|accesses: Vec<Access>| {
         Box::new(sink()),
     )
     .unwrap();
-    let buses = Buses { pio: &pio, mmio: &mmio };
+    let buses = Buses::new(&pio, &mmio);
     // Every registered range is an interesting place; the test device's SINK is counted.
     let bases: Vec<(bool, u64)> = pio
         .map()

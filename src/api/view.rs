@@ -76,7 +76,7 @@ impl VmView {
     fn snapshot(&self) -> Vec<ExitStats> {
         self.exit_stats
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).snapshot())
             .collect()
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// What a device asks the VMM to do after a write.
@@ -106,10 +107,29 @@ pub struct Hit {
     pub region: &'static str,
 }
 
+/// A vCPU's memory of the range its last access on a bus hit, so that a run of accesses to one
+/// device (a guest's exit loop, a driver polling a register) skips the range lookup: the read
+/// lock, the tree walk and the device handle's reference count. It is valid while the bus's
+/// generation (bumped by every insert and remove) is unchanged.
+#[derive(Default)]
+pub struct LookupCache {
+    hit: Option<CachedRange>,
+}
+
+struct CachedRange {
+    generation: u64,
+    base: u64,
+    len: u64,
+    id: u32,
+    device: SharedDevice,
+}
+
 /// An address space.
 pub struct Bus {
     kind: BusKind,
     ranges: RwLock<BTreeMap<u64, Entry>>,
+    /// Bumped by every change of `ranges` (see [`LookupCache`]).
+    generation: AtomicU64,
     /// Device name per registration id; ids are never reused, so statistics keyed by id stay
     /// meaningful after a range moves or goes away.
     names: RwLock<Vec<String>>,
@@ -121,6 +141,7 @@ impl Bus {
         Bus {
             kind,
             ranges: RwLock::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
             names: RwLock::new(Vec::new()),
             unowned: Mutex::new(HashMap::new()),
         }
@@ -179,27 +200,37 @@ impl Bus {
                 device,
             },
         );
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     /// Removes the range registered at exactly `base`.
     pub fn remove(&self, base: u64) -> Result<(), BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        ranges
-            .remove(&base)
-            .map(|_| ())
-            .ok_or(BusError::NotRegistered {
-                kind: self.kind,
-                base,
-            })
+        let removed = ranges.remove(&base);
+        self.generation.fetch_add(1, Ordering::Release);
+        removed.map(|_| ()).ok_or(BusError::NotRegistered {
+            kind: self.kind,
+            base,
+        })
     }
 
     /// Dispatches a read. Returns who handled it, or `None` for an unowned address (which
     /// reads as all-ones).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Option<Hit> {
-        match self.lookup(addr, data.len()) {
+        self.read_cached(&mut LookupCache::default(), addr, data)
+    }
+
+    /// Dispatches a write. Unowned writes are dropped and yield `DeviceEvent::None`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> (Option<Hit>, DeviceEvent) {
+        self.write_cached(&mut LookupCache::default(), addr, data)
+    }
+
+    /// As `read`, trying the range in `cache` first (a vCPU keeps one per bus).
+    pub fn read_cached(&self, cache: &mut LookupCache, addr: u64, data: &mut [u8]) -> Option<Hit> {
+        match self.lookup_cached(cache, addr, data.len()) {
             Some((id, offset, device)) => {
-                let mut d = lock(&device);
+                let mut d = lock(device);
                 d.read(offset, data);
                 Some(Hit {
                     id,
@@ -214,11 +245,16 @@ impl Bus {
         }
     }
 
-    /// Dispatches a write. Unowned writes are dropped and yield `DeviceEvent::None`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> (Option<Hit>, DeviceEvent) {
-        match self.lookup(addr, data.len()) {
+    /// As `write`, trying the range in `cache` first.
+    pub fn write_cached(
+        &self,
+        cache: &mut LookupCache,
+        addr: u64,
+        data: &[u8],
+    ) -> (Option<Hit>, DeviceEvent) {
+        match self.lookup_cached(cache, addr, data.len()) {
             Some((id, offset, device)) => {
-                let mut d = lock(&device);
+                let mut d = lock(device);
                 let event = d.write(offset, data);
                 let hit = Hit {
                     id,
@@ -239,14 +275,39 @@ impl Bus {
         names.get(id as usize).cloned().unwrap_or_default()
     }
 
-    /// Finds the device owning `addr` for an access of `len` bytes. An access that straddles
-    /// the end of a range is not owned.
-    fn lookup(&self, addr: u64, len: usize) -> Option<(u32, u64, SharedDevice)> {
-        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
-        let (&base, entry) = ranges.range(..=addr).next_back()?;
-        let offset = addr - base;
-        let last = offset.checked_add((len as u64).max(1) - 1)?;
-        (last < entry.len).then(|| (entry.id, offset, entry.device.clone()))
+    /// Finds the device owning `addr` for an access of `len` bytes, from `cache` when it is
+    /// current and covers the access, else from the ranges (and remembers it in `cache`). An
+    /// access that straddles the end of a range is not owned.
+    fn lookup_cached<'c>(
+        &self,
+        cache: &'c mut LookupCache,
+        addr: u64,
+        len: usize,
+    ) -> Option<(u32, u64, &'c SharedDevice)> {
+        let span = (len as u64).max(1) - 1;
+        let generation = self.generation.load(Ordering::Acquire);
+        let fresh = cache.hit.as_ref().is_some_and(|c| {
+            c.generation == generation
+                && addr >= c.base
+                && (addr - c.base).checked_add(span).is_some_and(|l| l < c.len)
+        });
+        if !fresh {
+            let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+            let (&base, entry) = ranges.range(..=addr).next_back()?;
+            let last = (addr - base).checked_add(span)?;
+            if last >= entry.len {
+                return None;
+            }
+            cache.hit = Some(CachedRange {
+                generation,
+                base,
+                len: entry.len,
+                id: entry.id,
+                device: entry.device.clone(),
+            });
+        }
+        let c = cache.hit.as_ref()?;
+        Some((c.id, addr - c.base, &c.device))
     }
 
     fn count_unowned(&self, addr: u64, write: bool, len: usize) {

@@ -143,3 +143,36 @@ fn map_is_formatted_per_address_space() {
          address-space: mmio\n  00000000f0000000-00000000f0000fff (size 0x1000) testdev\n"
     );
 }
+
+#[test]
+fn the_lookup_cache_follows_moves_and_never_reaches_past_a_range() {
+    let bus = Bus::new(BusKind::Mmio);
+    let (a, da) = recorder();
+    let (b, db) = recorder();
+    let (c, dc) = recorder();
+    bus.insert(0x1000, 0x100, "a", "", da).unwrap();
+    bus.insert(0x1100, 0x100, "c", "", dc).unwrap();
+    let mut cache = LookupCache::default();
+    let mut v = [0u8; 4];
+    for off in [0u64, 4, 0xfc] {
+        assert!(bus.read_cached(&mut cache, 0x1000 + off, &mut v).is_some());
+    }
+    assert_eq!(a.lock().unwrap().reads.len(), 3);
+    // An access that straddles the cached range's end is not owned, cache or not; one just
+    // past it goes to the neighbour.
+    assert!(bus.read_cached(&mut cache, 0x10fe, &mut v).is_none());
+    bus.write_cached(&mut cache, 0x1100, &[1]);
+    assert_eq!(c.lock().unwrap().writes.len(), 1);
+    // The range moves away and another device takes its place: the cache sees it.
+    bus.read_cached(&mut cache, 0x1000, &mut v);
+    bus.remove(0x1000).unwrap();
+    assert!(bus.read_cached(&mut cache, 0x1000, &mut v).is_none());
+    assert_eq!(v, [0xff; 4]);
+    bus.insert(0x1000, 0x10, "b", "", db).unwrap();
+    assert_eq!(bus.write_cached(&mut cache, 0x1004, &[0xfe]).1, DeviceEvent::Reset);
+    assert_eq!(b.lock().unwrap().writes, vec![(4, vec![0xfe])]);
+    assert_eq!(a.lock().unwrap().writes.len(), 0);
+    // The new range is shorter: its old extent is not reachable through the cache.
+    assert!(bus.read_cached(&mut cache, 0x1080, &mut v).is_none());
+    assert_eq!(a.lock().unwrap().reads.len(), 4);
+}

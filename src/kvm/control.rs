@@ -36,6 +36,8 @@ pub struct VmControl {
     /// Readable when the vCPUs must be kicked (pause).
     kick_evt: EventFd,
     run: Mutex<RunState>,
+    /// `run.paused`, readable without the lock: a vCPU looks at it after every exit.
+    pause_requested: AtomicBool,
     changed: Condvar,
     /// vCPU threads currently running their loop.
     running: AtomicUsize,
@@ -52,6 +54,7 @@ impl VmControl {
             stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             kick_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             run: Mutex::new(RunState::default()),
+            pause_requested: AtomicBool::new(false),
             changed: Condvar::new(),
             running: AtomicUsize::new(0),
             first_run: OnceLock::new(),
@@ -146,6 +149,8 @@ impl VmControl {
             return Err(ControlError::Stopping);
         }
         state.paused = true;
+        // Set before the kick: a vCPU that misses it re-enters KVM_RUN only to be kicked out.
+        self.pause_requested.store(true, Ordering::SeqCst);
         let _ = self.kick_evt.write(1);
         let (state, result) = self
             .changed
@@ -170,12 +175,17 @@ impl VmControl {
             return Err(ControlError::Stopping);
         }
         state.paused = false;
+        self.pause_requested.store(false, Ordering::SeqCst);
         self.changed.notify_all();
         Ok(())
     }
 
-    /// Called by a vCPU between exits: blocks while the VM is paused and not stopping.
+    /// Called by a vCPU between exits: blocks while the VM is paused and not stopping. Without
+    /// a pause this is one atomic load, no lock.
     pub fn park_if_paused(&self) {
+        if !self.pause_requested.load(Ordering::SeqCst) {
+            return;
+        }
         let mut state = self.state();
         if !state.paused || self.is_stopping() {
             return;

@@ -3,9 +3,10 @@
 //! `kvm::vcpu` turns each `VcpuExit` into an [`Exit`] and calls [`handle_exit`]; unit tests call
 //! it with fake exits. The function routes port and MMIO accesses to the buses, turns device
 //! events and fatal exits into an [`ExitAction`], and never panics on guest input.
+use std::cell::RefCell;
 use std::fmt;
 
-use crate::bus::{Bus, BusKind, DeviceEvent, Hit};
+use crate::bus::{Bus, BusKind, DeviceEvent, Hit, LookupCache};
 
 /// A decoded vCPU exit. Access data borrows the vCPU's `kvm_run` page (or a test buffer).
 #[derive(Debug)]
@@ -215,10 +216,23 @@ pub struct Handled {
     pub target: Option<Target>,
 }
 
-/// The two address spaces an exit can reach.
+/// The two address spaces an exit can reach, with the calling vCPU's lookup caches.
 pub struct Buses<'a> {
     pub pio: &'a Bus,
     pub mmio: &'a Bus,
+    /// The range the last access hit on each bus (PIO, MMIO).
+    cache: RefCell<(LookupCache, LookupCache)>,
+}
+
+impl<'a> Buses<'a> {
+    /// One vCPU's view of both buses (one per vCPU thread: the caches are its own).
+    pub fn new(pio: &'a Bus, mmio: &'a Bus) -> Self {
+        Buses {
+            pio,
+            mmio,
+            cache: RefCell::default(),
+        }
+    }
 }
 
 fn event_action(event: DeviceEvent) -> ExitAction {
@@ -257,12 +271,14 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> Handled {
             hit,
         })
     };
+    let mut cache = buses.cache.borrow_mut();
+    let (pio_cache, mmio_cache) = &mut *cache;
     let (action, target) = match exit {
         Exit::IoIn { port, size, data } => {
             let step = data.len() / elements(data.len(), size);
             let mut hit = None;
             for chunk in data.chunks_mut(step.max(1)) {
-                hit = buses.pio.read(u64::from(port), chunk);
+                hit = buses.pio.read_cached(pio_cache, u64::from(port), chunk);
             }
             (ExitAction::Continue, io(hit))
         }
@@ -271,7 +287,7 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> Handled {
             let mut hit = None;
             let mut action = ExitAction::Continue;
             for chunk in data.chunks(step.max(1)) {
-                let (h, event) = buses.pio.write(u64::from(port), chunk);
+                let (h, event) = buses.pio.write_cached(pio_cache, u64::from(port), chunk);
                 hit = h;
                 action = event_action(event);
                 if action != ExitAction::Continue {
@@ -280,9 +296,12 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses<'_>) -> Handled {
             }
             (action, io(hit))
         }
-        Exit::MmioRead { addr, data } => (ExitAction::Continue, mmio(buses.mmio.read(addr, data))),
+        Exit::MmioRead { addr, data } => (
+            ExitAction::Continue,
+            mmio(buses.mmio.read_cached(mmio_cache, addr, data)),
+        ),
         Exit::MmioWrite { addr, data } => {
-            let (hit, event) = buses.mmio.write(addr, data);
+            let (hit, event) = buses.mmio.write_cached(mmio_cache, addr, data);
             (event_action(event), mmio(hit))
         }
         other => (handle_other(other), None),

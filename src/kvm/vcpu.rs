@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use super::exit::{handle_exit, Buses, Exit, ExitAction, ExitKind, Handled, StopReason};
 use crate::bus::Bus;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::trace::clock::TickSource;
 use crate::trace::exits::{self, ExitStats};
 use crate::trace::timeline::Timeline;
 
@@ -51,6 +52,8 @@ pub struct VcpuContext {
     /// Record each exit's count and handling time (on by default; off only to measure what
     /// recording costs).
     pub exit_stats: bool,
+    /// The counter the exit statistics are recorded in (their `ExitStats::ticked` epoch's).
+    pub ticks: TickSource,
 }
 
 /// Where to reach a running vCPU from another thread.
@@ -195,10 +198,24 @@ fn decode<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> Exit<'a> {
     }
 }
 
+/// When an exit came back from KVM_RUN: in ticks for the statistics, as an `Instant` for the
+/// timeline (each only when recorded).
+struct Exited {
+    ticks: Option<u64>,
+    at: Option<Instant>,
+}
+
 /// Records one handled exit: its count and handling time, and a timeline span when tracing.
-fn record(ctx: &VcpuContext, stats: &Mutex<ExitStats>, handled: &Handled, exited: Instant) {
-    let done = Instant::now();
-    if let Some(tl) = &ctx.timeline {
+fn record(ctx: &VcpuContext, stats: &Mutex<ExitStats>, handled: &Handled, exited: Exited) {
+    if let Some(t0) = exited.ticks {
+        let ticks = ctx.ticks.now().saturating_sub(t0);
+        stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(handled.kind, handled.target, ticks);
+    }
+    if let (Some(tl), Some(exited)) = (&ctx.timeline, exited.at) {
+        let done = Instant::now();
         let place = handled
             .target
             .map(|t| exits::place(&t, &ctx.pio, &ctx.mmio))
@@ -211,13 +228,13 @@ fn record(ctx: &VcpuContext, stats: &Mutex<ExitStats>, handled: &Handled, exited
             serde_json::json!({ "where": place }),
         );
     }
-    if ctx.exit_stats {
-        let ns = done.saturating_duration_since(exited).as_nanos() as u64;
-        stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(handled.kind, handled.target, ns);
-    }
+}
+
+/// Whether a kick left `immediate_exit` set in the vCPU's kvm_run page.
+fn immediate_exit_set(run: *const kvm_run) -> bool {
+    // SAFETY: `run` is this vCPU's live kvm_run page; the kicker writes the byte with a
+    // volatile store, so it is read the same way.
+    unsafe { std::ptr::addr_of!((*run).immediate_exit).read_volatile() != 0 }
 }
 
 fn run_loop(
@@ -227,18 +244,27 @@ fn run_loop(
     ctx: &VcpuContext,
     stats: &Mutex<ExitStats>,
 ) {
-    let buses = Buses {
-        pio: &ctx.pio,
-        mmio: &ctx.mmio,
-    };
+    let buses = Buses::new(&ctx.pio, &ctx.mmio);
     ctx.control.note_first_run();
     loop {
         if ctx.control.is_stopping() {
             return;
         }
+        // A pause (API) parks the vCPU here, outside KVM_RUN, until resumed or stopped.
+        ctx.control.park_if_paused();
+        if immediate_exit_set(run) {
+            // A kick that did not stop the VM must not keep the vCPU out of the guest. Cleared
+            // before the flags are looked at again: a pause or stop sets its flag before it
+            // kicks, so one that comes after this look kicks again and finds the byte clear.
+            fd.set_kvm_immediate_exit(0);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            continue;
+        }
         let result = fd.run();
-        let timed = ctx.exit_stats || ctx.timeline.is_some();
-        let exited = timed.then(Instant::now);
+        let exited = Exited {
+            ticks: ctx.exit_stats.then(|| ctx.ticks.now()),
+            at: ctx.timeline.as_ref().map(|_| Instant::now()),
+        };
         let handled = match result {
             Ok(exit) => handle_exit(decode(exit, run), &buses),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Handled {
@@ -252,18 +278,9 @@ fn run_loop(
                 target: None,
             },
         };
-        if let Some(exited) = exited {
-            record(ctx, stats, &handled, exited);
-        }
+        record(ctx, stats, &handled, exited);
         match handled.action {
-            ExitAction::Continue => {
-                // A pause (API) parks the vCPU here, outside KVM_RUN, until resumed or stopped.
-                ctx.control.park_if_paused();
-                // A kick that did not stop the VM must not keep the vCPU out of the guest.
-                if !ctx.control.is_stopping() {
-                    fd.set_kvm_immediate_exit(0);
-                }
-            }
+            ExitAction::Continue => {}
             ExitAction::Stop(reason) => {
                 if reason.wants_vcpu_report() {
                     let report = fatal_report(fd, id, &reason.to_string(), &ctx.memory);

@@ -1,4 +1,5 @@
 //! Seeing the trap path: statistics kept by the code that does the work.
+pub mod clock;
 pub mod exits;
 pub mod kstats;
 pub mod phases;

@@ -42,13 +42,7 @@ impl Fixture {
         self.handle(exit).action
     }
     fn handle(&self, exit: Exit<'_>) -> Handled {
-        handle_exit(
-            exit,
-            &Buses {
-                pio: &self.pio,
-                mmio: &self.mmio,
-            },
-        )
+        handle_exit(exit, &Buses::new(&self.pio, &self.mmio))
     }
     fn log(&self) -> Vec<(u64, Vec<u8>)> {
         self.log.lock().unwrap().0.clone()
