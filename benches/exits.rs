@@ -20,6 +20,7 @@ use trapvisor::arch::{self, BootConfig, KernelSource};
 use trapvisor::bus::{Bus, BusError, BusKind};
 use trapvisor::devices::testdev;
 use trapvisor::kvm::vm::Vm;
+use trapvisor::trace::kernel::KernelTrace;
 use trapvisor::vmm::{VmConfig, Vmm};
 
 /// Where the bare loop must answer: learnt from the architecture's own device registration
@@ -124,7 +125,10 @@ fn bare(cmdline: &str) -> Duration {
             break;
         }
     }
-    assert!(window.is_some() && count > 1, "no SINK round trips in the bare loop");
+    assert!(
+        window.is_some() && count > 1,
+        "no SINK round trips in the bare loop"
+    );
     Duration::from_nanos(gaps.value_at_quantile(0.5))
 }
 
@@ -141,12 +145,18 @@ fn read(p: &Places, at: (bool, u64), data: &mut [u8], count: u32) {
 }
 
 /// trapvisor's full dispatch; `stats`: exit statistics recorded (the default) or not.
-fn trapvisor_run(cmdline: &str, stats: bool) -> Duration {
+/// `ktrace`: with `--trace-kernel`'s tracepoints on the vCPU thread (statistics only, no
+/// timeline).
+fn trapvisor_run(cmdline: &str, stats: bool, ktrace: bool) -> Duration {
     let mut cfg = VmConfig::builtin(cmdline);
     cfg.mem_size = 64 << 20;
     cfg.console = Box::new(std::io::sink());
     let mut vmm = Vmm::new(cfg).expect("vmm");
     vmm.set_exit_stats(stats);
+    if ktrace {
+        let kt = KernelTrace::open(false).expect("checked before the rounds");
+        vmm.set_kernel_trace(std::sync::Arc::new(kt));
+    }
     let r = vmm.run(None, false).expect("run");
     assert_eq!(r.reason, trapvisor::kvm::exit::StopReason::DebugExit(0));
     vmm.sink_gap_median().expect("no SINK round trips")
@@ -271,6 +281,8 @@ fn main() {
     );
     println!("trapvisor: exit statistics on (the default); stats off: the same, not recording");
     println!("ratios: the median over the rounds of each round's ratio");
+    let ktrace = KernelTrace::open(false).map(|_| ());
+    let mut trace_rows = Vec::new();
     println!(
         "{:<6} {:>10} {:>15} {:>11} {:>14} {:>16}",
         "exit", "bare (us)", "trapvisor (us)", "vs bare", "stats off (us)", "stats cost (on/off)"
@@ -282,12 +294,16 @@ fn main() {
     };
     for &(name, cmd) in kinds {
         let cmdline = format!("{cmd}={exits}");
-        let (v0, v1, v2) = (
+        let (v0, v1, v2, v3) = (
             || bare(&cmdline),
-            || trapvisor_run(&cmdline, true),
-            || trapvisor_run(&cmdline, false),
+            || trapvisor_run(&cmdline, true, false),
+            || trapvisor_run(&cmdline, false, false),
+            || trapvisor_run(&cmdline, true, true),
         );
-        let variants: Vec<&dyn Fn() -> Duration> = vec![&v0, &v1, &v2];
+        let mut variants: Vec<&dyn Fn() -> Duration> = vec![&v0, &v1, &v2];
+        if ktrace.is_ok() {
+            variants.push(&v3);
+        }
         let mut runs: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds as usize {
             // Each round in another order, so that no variant always goes first.
@@ -317,6 +333,29 @@ fn main() {
             us(m[2]),
             stats_cost
         );
+        if variants.len() > 3 {
+            trace_rows.push(format!(
+                "{:<6} {:>15.3} {:>15.3} {:>10.3} {:>11.3}",
+                name,
+                us(m[3]),
+                us(m[1]),
+                us(m[3]) - us(m[1]),
+                ratio(3, 1)
+            ));
+        }
+    }
+    match &ktrace {
+        Ok(()) => {
+            println!("--trace-kernel (KVM's tracepoints on the vCPU thread) against trapvisor without it:");
+            println!(
+                "{:<6} {:>15} {:>15} {:>10} {:>11}",
+                "exit", "traced (us)", "untraced (us)", "cost (us)", "traced/not"
+            );
+            for r in &trace_rows {
+                println!("{r}");
+            }
+        }
+        Err(why) => println!("--trace-kernel cost not measured: {why}"),
     }
     if !std::path::Path::new(&trapvisor_bin()).exists() {
         println!(

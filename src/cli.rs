@@ -70,6 +70,12 @@ pub struct RunArgs {
     /// Write a Perfetto / Chrome trace-event timeline (JSON) of the run to this file.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Trace KVM's own events (kvm_exit, kvm_entry, kvm_userspace_exit, kvm_pio, kvm_mmio,
+    /// injections, ...) on trapvisor's threads: exit statistics with both halves in --stats and
+    /// /stats, and the kernel half on the --trace timeline. Needs root or CAP_PERFMON and
+    /// tracefs; without them one line says why and the VM runs without.
+    #[arg(long)]
+    pub trace_kernel: bool,
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket (mode 0600 whatever the
     /// umask: only its owner and root may connect).
     #[arg(long)]

@@ -100,6 +100,12 @@ fn run(args: RunArgs, started: std::time::Instant) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(EXIT_USAGE, &e.into()),
     };
+    if args.trace_kernel {
+        match trapvisor::trace::kernel::KernelTrace::open(args.trace.is_some()) {
+            Ok(kt) => vmm.set_kernel_trace(std::sync::Arc::new(kt)),
+            Err(why) => eprintln!("trapvisor: --trace-kernel: {why}; running without it"),
+        }
+    }
     let _api = match &args.api_socket {
         Some(path) => {
             match ApiServer::start(

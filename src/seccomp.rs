@@ -60,6 +60,9 @@ pub enum ThreadKind {
     Api,
     /// The main thread once the VM runs: waits, kicks vCPUs, stops and reports.
     Main,
+    /// The kernel trace's collector (`--trace-kernel`): waits on the perf rings and reads them
+    /// (plain memory); it handles no guest input.
+    Collector,
 }
 
 /// Every thread: memory, locks, signals, thread exit, the SIGSYS report.
@@ -168,6 +171,13 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_rt_sigaction,
             libc::SYS_wait4,
             libc::SYS_pread64, // KVM's statistics fds (--stats)
+        ],
+        ThreadKind::Collector => &[
+            libc::SYS_ppoll,
+            // glibc's malloc reads /proc/sys/vm/overcommit_memory (read-only) the first time
+            // it shrinks a thread's heap, which this thread's growing buffers cause.
+            libc::SYS_openat,
+            libc::SYS_read,
         ],
     };
     let arch_only = crate::arch::seccomp::extra(kind);
@@ -279,6 +289,7 @@ mod tests {
             ThreadKind::BlockIo,
             ThreadKind::Api,
             ThreadKind::Main,
+            ThreadKind::Collector,
         ] {
             for mode in [SeccompMode::On, SeccompMode::Log] {
                 assert!(!build(kind, mode).unwrap().is_empty());

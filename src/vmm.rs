@@ -18,6 +18,7 @@ use crate::pci::platform::{PciPlatform, PlatformError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::clock::{Epoch, TickSource};
 use crate::trace::exits::{self, ExitStats};
+use crate::trace::kernel::KernelTrace;
 use crate::trace::kstats::KernelStats;
 use crate::trace::phases::StartPhases;
 use crate::trace::timeline::Timeline;
@@ -142,6 +143,8 @@ pub struct Vmm {
     timeline: Option<Arc<Timeline>>,
     /// KVM's own statistics of the VM and each vCPU.
     kernel_stats: Arc<KernelStats>,
+    /// KVM's tracepoints on this VM's threads (`--trace-kernel`).
+    ktrace: Option<Arc<KernelTrace>>,
     seccomp: SeccompMode,
     seccomp_selftest: bool,
     /// The counter the exit statistics are recorded in.
@@ -274,6 +277,7 @@ impl Vmm {
             ticks: epoch.source(),
             timeline: None,
             kernel_stats,
+            ktrace: None,
             seccomp: SeccompMode::Off,
             seccomp_selftest: false,
             exit_stats_on: true,
@@ -371,6 +375,48 @@ impl Vmm {
         self.timeline = Some(timeline);
     }
 
+    /// Traces KVM's events on this VM's threads (`--trace-kernel`); set it before `api_view`.
+    pub fn set_kernel_trace(&mut self, kt: Arc<KernelTrace>) {
+        self.ktrace = Some(kt);
+    }
+
+    /// The notify addresses of every virtio queue with an ioeventfd (where a guest's kick
+    /// becomes an eventfd signal inside KVM).
+    fn notify_addresses(&self) -> Vec<u64> {
+        self.pci
+            .virtio()
+            .iter()
+            .flat_map(|s| {
+                let r = s.dev.lock().unwrap_or_else(|e| e.into_inner()).report();
+                r.queues
+                    .iter()
+                    .filter_map(|q| q.ioeventfd)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Stops the kernel trace, and with a timeline adds the kernel's events to it.
+    fn finish_kernel_trace(&self) {
+        let Some(kt) = &self.ktrace else { return };
+        kt.finish();
+        if let Some(tl) = &self.timeline {
+            let (events, dropped) = kt.take_events();
+            let (lost, errors) = kt.losses();
+            crate::trace::kernel::timeline::merge(
+                tl,
+                events,
+                &kt.threads(),
+                &self.notify_addresses(),
+                kt.host_events(),
+            );
+            tl.set_other(
+                "kernel_losses",
+                serde_json::json!({"dropped": dropped, "lost_records": lost, "not_traced": errors}),
+            );
+        }
+    }
+
     /// What the control API sees of this VM.
     pub fn api_view(&self, config: serde_json::Value) -> crate::api::view::VmView {
         crate::api::view::VmView {
@@ -379,6 +425,7 @@ impl Vmm {
             mmio: self.mmio.clone(),
             exit_stats: self.exit_stats.clone(),
             kernel: self.kernel_stats.clone(),
+            kernel_trace: self.ktrace.clone(),
             devices: self
                 .pci
                 .virtio()
@@ -437,6 +484,9 @@ impl Vmm {
         let view = self.api_view(serde_json::Value::Null);
         let stats = view.stats();
         out.push_str(&crate::trace::kstats::format_table(&stats["kernel"], None));
+        out.push_str(&crate::trace::kernel::exits::format_table(
+            &stats["kernel_trace"],
+        ));
         out.push_str(&crate::api::client::format_devices(&stats));
         out
     }
@@ -460,6 +510,7 @@ impl Vmm {
             seccomp_selftest: self.seccomp_selftest,
             exit_stats: self.exit_stats_on,
             ticks: self.ticks,
+            ktrace: self.ktrace.clone(),
         };
         // virtio-net queue pairs run on worker threads of their own, made here (a vCPU thread
         // may not create threads); they end with the VM and are joined after the vCPUs.
@@ -495,6 +546,16 @@ impl Vmm {
             }),
         )?;
         self.phases.mark("threads");
+        // The threads that inject interrupts (workers, event loop) run now: trace them too,
+        // before any vCPU thread exists (those open their own).
+        if let Some(kt) = &self.ktrace {
+            kt.attach_others();
+            if let Err(e) = kt.start_collector(self.seccomp) {
+                self.control.request_stop(StopReason::Fatal(format!(
+                    "cannot start the kernel trace collector: {e}"
+                )));
+            }
+        }
         let mut handles: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let stats = self.exit_stats[id].clone();
@@ -537,6 +598,7 @@ impl Vmm {
             disk.stop();
         }
         drop(stdin);
+        self.finish_kernel_trace();
         Ok(RunResult {
             reason: self.control.reason().unwrap_or(StopReason::Requested),
             report: self.control.report(),

@@ -123,6 +123,9 @@ pub fn format_stats_since(stats: &Value, prev: Option<&Value>) -> String {
         &stats["kernel"],
         prev.map(|p| &p["kernel"]),
     ));
+    out.push_str(&crate::trace::kernel::exits::format_table(
+        &stats["kernel_trace"],
+    ));
     out.push_str(&format_devices(stats));
     let sources: Vec<String> = stats["event_loop"]
         .as_array()
@@ -388,20 +391,60 @@ pub fn format_map(map: &Value) -> String {
 }
 
 /// Draws the exit-latency distribution per reason as an SVG: one percentile curve per reason
-/// (x: percentile on a log scale of 1/(1-q), y: handling latency in µs, log scale).
+/// (x: percentile on a log scale of 1/(1-q), y: latency in µs, log scale). Trapvisor's handling
+/// time first; with `--trace-kernel`, below it the kernel's side: per hardware exit reason the
+/// time from exit to entry (or, where KVM fires no kvm_exit, per KVM_RUN).
 pub fn histogram_svg(stats: &Value) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 480.0;
-    const M: f64 = 60.0;
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    ];
-    let rows: Vec<&Value> = stats["all"]
+    let user: Vec<&Value> = stats["all"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|r| r["where"].as_str() == Some(""))
         .collect();
+    let kernel: Vec<&Value> = stats["kernel_trace"]["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let panels = if kernel.is_empty() { 1.0 } else { 2.0 };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        H * panels
+    );
+    svg.push_str(&chart(
+        "trapvisor exit handling latency by reason",
+        &user,
+        0.0,
+    ));
+    if !kernel.is_empty() {
+        let title = if stats["kernel_trace"]["mode"] == "exits" {
+            "kernel: exit to entry by hardware exit reason (--trace-kernel)"
+        } else {
+            "kernel: KVM_RUN (guest and KVM) by what it returned with (--trace-kernel)"
+        };
+        svg.push_str(&chart(title, &kernel, H));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+const W: f64 = 800.0;
+const H: f64 = 480.0;
+
+/// Text for SVG: `&`, `<` and `>` escaped.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One panel of percentile curves, `top` pixels down.
+fn chart(title: &str, rows: &[&Value], top: f64) -> String {
+    const M: f64 = 60.0;
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
     let max_us = rows
         .iter()
         .flat_map(|r| r["percentiles"].as_array().into_iter().flatten())
@@ -412,11 +455,11 @@ pub fn histogram_svg(stats: &Value) -> String {
     let x = |q: f64| M + (1.0 / (1.0 - q.min(0.99999))).log10() / xmax * (W - 2.0 * M);
     let y = |us: f64| H - M - (us.max(0.1).log10() - ymin) / (ymax - ymin) * (H - 2.0 * M);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{M}\" y=\"24\" font-size=\"16\">trapvisor exit handling latency by reason</text>\n\
+        "<g transform=\"translate(0,{top})\">\n\
+         <text x=\"{M}\" y=\"24\" font-size=\"16\">{}</text>\n\
          <line x1=\"{M}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
          <line x1=\"{M}\" y1=\"{M}\" x2=\"{M}\" y2=\"{}\" stroke=\"black\"/>\n",
+        esc(title),
         H - M,
         W - M,
         H - M,
@@ -456,7 +499,7 @@ pub fn histogram_svg(stats: &Value) -> String {
         H / 2.0,
         H / 2.0
     ));
-    for (i, r) in rows.iter().enumerate() {
+    for (i, r) in rows.iter().take(colors.len()).enumerate() {
         let color = colors[i % colors.len()];
         let points: Vec<String> = r["percentiles"]
             .as_array()
@@ -470,11 +513,11 @@ pub fn histogram_svg(stats: &Value) -> String {
             points.join(" "),
             W - M - 180.0,
             M + 16.0 * i as f64,
-            r["reason"].as_str().unwrap_or(""),
+            esc(r["reason"].as_str().unwrap_or("")),
             r["count"].as_u64().unwrap_or(0)
         ));
     }
-    svg.push_str("</svg>\n");
+    svg.push_str("</g>\n");
     svg
 }
 

@@ -25,6 +25,8 @@ pub struct VmView {
     pub exit_stats: Vec<Arc<Mutex<ExitStats>>>,
     /// KVM's own statistics (the stats fds).
     pub kernel: Arc<KernelStats>,
+    /// KVM's tracepoints, with `--trace-kernel`.
+    pub kernel_trace: Option<Arc<crate::trace::kernel::KernelTrace>>,
     /// The virtio functions: PCI slot and device.
     pub devices: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)>,
     /// The event loop's sources and their dispatch counters.
@@ -225,6 +227,10 @@ impl VmApi for VmView {
         json!({
             "vcpus": vcpus,
             "kernel": self.kernel.to_json(&user),
+            "kernel_trace": self
+                .kernel_trace
+                .as_ref()
+                .map_or(Value::Null, |k| k.to_json(&self.pio, &self.mmio)),
             "all": rows_json(exits::rows(&all, &self.pio, &self.mmio)),
             "unowned": {"pio": unowned_json(&self.pio), "mmio": unowned_json(&self.mmio)},
             "devices": devices_json(&self.reports()),

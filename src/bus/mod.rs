@@ -41,7 +41,7 @@ pub trait BusDevice: Send {
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 /// Which address space a bus serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BusKind {
     Pio,
     Mmio,
@@ -267,6 +267,15 @@ impl Bus {
                 (None, DeviceEvent::None)
             }
         }
+    }
+
+    /// Who owns `addr` and the region its device names there, without an access (the device
+    /// is locked only to ask for the name); `None` when nobody owns it.
+    pub fn hit_at(&self, addr: u64) -> Option<Hit> {
+        let mut cache = LookupCache::default();
+        let (id, offset, device) = self.lookup_cached(&mut cache, addr, 1)?;
+        let region = lock(device).region_name(offset);
+        Some(Hit { id, region })
     }
 
     /// The device name a registration id stands for.

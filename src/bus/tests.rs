@@ -169,7 +169,10 @@ fn the_lookup_cache_follows_moves_and_never_reaches_past_a_range() {
     assert!(bus.read_cached(&mut cache, 0x1000, &mut v).is_none());
     assert_eq!(v, [0xff; 4]);
     bus.insert(0x1000, 0x10, "b", "", db).unwrap();
-    assert_eq!(bus.write_cached(&mut cache, 0x1004, &[0xfe]).1, DeviceEvent::Reset);
+    assert_eq!(
+        bus.write_cached(&mut cache, 0x1004, &[0xfe]).1,
+        DeviceEvent::Reset
+    );
     assert_eq!(b.lock().unwrap().writes, vec![(4, vec![0xfe])]);
     assert_eq!(a.lock().unwrap().writes.len(), 0);
     // The new range is shorter: its old extent is not reachable through the cache.

@@ -19,6 +19,7 @@ use crate::bus::Bus;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::trace::clock::TickSource;
 use crate::trace::exits::{self, ExitStats};
+use crate::trace::kernel::KernelTrace;
 use crate::trace::timeline::Timeline;
 
 /// The signal that kicks a vCPU out of KVM_RUN.
@@ -54,6 +55,8 @@ pub struct VcpuContext {
     pub exit_stats: bool,
     /// The counter the exit statistics are recorded in (their `ExitStats::ticked` epoch's).
     pub ticks: TickSource,
+    /// KVM's tracepoints (`--trace-kernel`): the thread opens its own before its filter.
+    pub ktrace: Option<Arc<KernelTrace>>,
 }
 
 /// Where to reach a running vCPU from another thread.
@@ -121,6 +124,11 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             let run = run_addr as *mut kvm_run;
+            // KVM's events of this thread, from its first exit (perf_event_open is not in the
+            // filter that follows).
+            if let Some(kt) = &ctx.ktrace {
+                kt.attach(id);
+            }
             // Confined before the guest runs: everything after this handles guest input.
             if let Err(e) = seccomp::install(ThreadKind::Vcpu, ctx.seccomp) {
                 ctx.control.request_stop(StopReason::Fatal(e.to_string()));

@@ -37,6 +37,14 @@ impl Flow {
 
 #[derive(Debug, Clone)]
 enum Event {
+    /// A point in time on a track (`ph: i`).
+    Instant {
+        tid: u32,
+        name: String,
+        cat: &'static str,
+        at_ns: u64,
+        args: Value,
+    },
     Span {
         tid: u32,
         name: String,
@@ -59,11 +67,30 @@ struct Inner {
     dropped: u64,
     threads: HashMap<ThreadId, u32>,
     names: Vec<String>,
+    /// Track by the OS thread id of the thread that recorded on it.
+    os_tids: HashMap<u32, u32>,
+    /// Added to `otherData` (the kernel half's summary).
+    other: serde_json::Map<String, Value>,
+}
+
+/// One step of a flow, as [`Timeline::flow_steps`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowStep {
+    /// Position in the event list (for [`Timeline::set_flow`]).
+    pub index: usize,
+    pub id: u64,
+    pub track: u32,
+    pub name: String,
+    pub flow: Flow,
+    /// Nanoseconds since the timeline's origin.
+    pub at_ns: u64,
 }
 
 /// The event buffer.
 pub struct Timeline {
     origin: Instant,
+    /// CLOCK_MONOTONIC at `origin` (the clock of `Instant` and of perf's timestamps), in ns.
+    origin_mono_ns: u64,
     next_flow: AtomicU64,
     capacity: usize,
     inner: Mutex<Inner>,
@@ -71,8 +98,10 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn new(capacity: usize) -> Self {
+        let origin = Instant::now();
         Timeline {
-            origin: Instant::now(),
+            origin,
+            origin_mono_ns: crate::trace::clock::monotonic_ns(),
             next_flow: AtomicU64::new(1),
             capacity,
             inner: Mutex::new(Inner {
@@ -80,6 +109,8 @@ impl Timeline {
                 dropped: 0,
                 threads: HashMap::new(),
                 names: Vec::new(),
+                os_tids: HashMap::new(),
+                other: serde_json::Map::new(),
             }),
         }
     }
@@ -111,6 +142,9 @@ impl Timeline {
                 inner.threads.insert(current.id(), tid);
                 let name = current.name().unwrap_or("thread").to_string();
                 inner.names.push(name);
+                // SAFETY: gettid has no arguments and cannot fail.
+                let os_tid = unsafe { libc::gettid() } as u32;
+                inner.os_tids.insert(os_tid, tid);
                 tid
             }
         };
@@ -153,6 +187,119 @@ impl Timeline {
         })
     }
 
+    /// Nanoseconds since the origin of a CLOCK_MONOTONIC time (perf's timestamps).
+    pub fn from_monotonic(&self, mono_ns: u64) -> u64 {
+        mono_ns.saturating_sub(self.origin_mono_ns)
+    }
+
+    /// The track of OS thread `os_tid`: the one its own spans are on, else a new track
+    /// named `name`.
+    pub fn track(&self, os_tid: u32, name: &str) -> u32 {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&t) = inner.os_tids.get(&os_tid) {
+            return t;
+        }
+        inner.names.push(name.to_string());
+        let t = inner.names.len() as u32;
+        inner.os_tids.insert(os_tid, t);
+        t
+    }
+
+    /// Adds events made elsewhere (the kernel half), in origin-relative ns on given tracks;
+    /// not bounded by the capacity (their producer bounds them).
+    pub fn add_span(
+        &self,
+        track: u32,
+        name: String,
+        cat: &'static str,
+        start_ns: u64,
+        end_ns: u64,
+        args: Value,
+    ) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.events.push(Event::Span {
+            tid: track,
+            name,
+            cat,
+            start_ns,
+            dur_ns: end_ns.saturating_sub(start_ns),
+            args,
+        });
+    }
+
+    /// As `add_span`, a point in time.
+    pub fn add_instant(
+        &self,
+        track: u32,
+        name: String,
+        cat: &'static str,
+        at_ns: u64,
+        args: Value,
+    ) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.events.push(Event::Instant {
+            tid: track,
+            name,
+            cat,
+            at_ns,
+            args,
+        });
+    }
+
+    /// As `add_span`, a flow step.
+    pub fn add_flow(&self, track: u32, id: u64, name: &str, flow: Flow, at_ns: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.events.push(Event::Flow {
+            tid: track,
+            id,
+            name: name.to_string(),
+            flow,
+            at_ns,
+        });
+    }
+
+    /// Every flow step recorded, in recording order.
+    pub fn flow_steps(&self) -> Vec<FlowStep> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(index, e)| match e {
+                Event::Flow {
+                    tid,
+                    id,
+                    name,
+                    flow,
+                    at_ns,
+                } => Some(FlowStep {
+                    index,
+                    id: *id,
+                    track: *tid,
+                    name: name.clone(),
+                    flow: *flow,
+                    at_ns: *at_ns,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Changes how the flow step at `index` joins its chain (a start that gets a step before
+    /// it, an end that gets one after it).
+    pub fn set_flow(&self, index: usize, flow: Flow) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Event::Flow { flow: f, .. }) = inner.events.get_mut(index) {
+            *f = flow;
+        }
+    }
+
+    /// Sets `otherData[key]`.
+    pub fn set_other(&self, key: &str, value: Value) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.other.insert(key.to_string(), value);
+    }
+
     /// Events kept and events dropped for lack of room.
     pub fn len(&self) -> (usize, u64) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -182,6 +329,14 @@ impl Timeline {
         );
         for e in &inner.events {
             events.push(match e {
+                Event::Instant {
+                    tid,
+                    name,
+                    cat,
+                    at_ns,
+                    args,
+                } => json!({"ph": "i", "s": "t", "pid": 1, "tid": tid, "name": name, "cat": cat,
+                            "ts": us(*at_ns), "args": args}),
                 Event::Span {
                     tid,
                     name,
@@ -201,10 +356,12 @@ impl Timeline {
                             "cat": "flow", "id": id, "ts": us(*at_ns), "bp": "e"}),
             });
         }
+        let mut other = inner.other.clone();
+        other.insert("dropped_events".into(), json!(inner.dropped));
         json!({
             "traceEvents": events,
             "displayTimeUnit": "ns",
-            "otherData": {"dropped_events": inner.dropped},
+            "otherData": other,
         })
     }
 
@@ -299,7 +456,7 @@ pub fn summary(json: &Value, last: usize) -> Result<String, SummaryError> {
         first(&a.1).total_cmp(&first(&b.1))
     });
     let skip = chains.len().saturating_sub(last);
-    let mut out = String::new();
+    let mut out = crate::trace::kernel::timeline::summary_text(&json["otherData"]);
     if chains.is_empty() {
         out.push_str("no flows in this trace (nothing was kicked and completed while tracing)\n");
     }
@@ -325,13 +482,38 @@ pub fn summary(json: &Value, last: usize) -> Result<String, SummaryError> {
                 s.name
             ));
         }
-        if steps.last().is_some_and(|s| s.name != "interrupt") {
+        out.push_str(&halves(&steps));
+        let ends_in_kernel = steps.last().is_some_and(|s| {
+            crate::trace::kernel::timeline::KERNEL_STEPS.contains(&s.name.as_str())
+        });
+        if !ends_in_kernel && steps.last().is_some_and(|s| s.name != "interrupt") {
             out.push_str(
                 "  (no interrupt: the driver did not want one (EVENT_IDX / NO_INTERRUPT), or a later run sent it)\n",
             );
         }
     }
     Ok(out)
+}
+
+/// A chain's time in each half: the kernel's steps (the guest's kick as KVM saw it, up to the
+/// first step of trapvisor's; the injection up to the entry that delivers it) and trapvisor's.
+fn halves(steps: &[Step]) -> String {
+    let kernel = |s: &Step| crate::trace::kernel::timeline::KERNEL_STEPS.contains(&s.name.as_str());
+    if !steps.iter().any(kernel) {
+        return String::new();
+    }
+    let (mut k, mut u) = (0.0, 0.0);
+    for w in steps.windows(2) {
+        let dt = w[1].ts - w[0].ts;
+        // An interval belongs to the kernel when it starts at a kernel step, or when it ends at
+        // one after trapvisor's part (the injection that follows the interrupt).
+        if kernel(&w[0]) || (kernel(&w[1]) && w[0].name == "interrupt") {
+            k += dt;
+        } else {
+            u += dt;
+        }
+    }
+    format!("  in the kernel: {k:.1} us, in trapvisor: {u:.1} us\n")
 }
 
 /// Reads a trace file and summarizes its last `last` chains.

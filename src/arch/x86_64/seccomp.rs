@@ -18,5 +18,6 @@ pub fn extra(kind: ThreadKind) -> &'static [libc::c_long] {
         ThreadKind::BlockIo => &[],
         ThreadKind::Api => &[libc::SYS_poll],
         ThreadKind::Main => &[libc::SYS_poll, libc::SYS_unlink],
+        ThreadKind::Collector => &[],
     }
 }
