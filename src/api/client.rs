@@ -44,7 +44,19 @@ pub fn parse_response(raw: &[u8]) -> Result<Value, ClientError> {
         Err(e) => return Err(ClientError::Http(e.to_string())),
     };
     let status = resp.code.unwrap_or(0);
-    let body = &raw[start..];
+    let chunked = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    });
+    let dechunked;
+    let body = if chunked {
+        dechunked = dechunk(&raw[start..])?;
+        &dechunked[..]
+    } else {
+        &raw[start..]
+    };
     let value: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -55,6 +67,30 @@ pub fn parse_response(raw: &[u8]) -> Result<Value, ClientError> {
         return Err(ClientError::Status { status, message });
     }
     Ok(value)
+}
+
+/// The body of a chunked HTTP answer: each chunk's size line, its data, up to the last one.
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let bad = |why: &str| ClientError::Http(format!("bad chunked body: {why}"));
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("no chunk size line"))?;
+        let line = std::str::from_utf8(&b[..eol]).map_err(|_| bad("chunk size not text"))?;
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(hex, 16).map_err(|_| bad("chunk size not hex"))?;
+        b = &b[eol + 2..];
+        if n == 0 {
+            return Ok(out);
+        }
+        if b.len() < n + 2 {
+            return Err(bad("truncated chunk"));
+        }
+        out.extend_from_slice(&b[..n]);
+        b = &b[n + 2..];
+    }
 }
 
 /// The exit tables from a `/stats` answer, for all vCPUs together: trapvisor's, then KVM's.

@@ -194,7 +194,11 @@ fn serve(server: &tiny_http::Server, vm: &dyn VmApi) {
         } else {
             r.body.to_string()
         };
-        let mut response = tiny_http::Response::from_string(text).with_status_code(r.status);
+        // Always with a Content-Length: tiny_http would switch a body over 32 KiB to chunked
+        // encoding, which simple clients (and `ctl`, before it learnt it) read as garbage.
+        let mut response = tiny_http::Response::from_string(text)
+            .with_status_code(r.status)
+            .with_chunked_threshold(usize::MAX);
         if !r.body.is_null() {
             if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
                 response = response.with_header(h);

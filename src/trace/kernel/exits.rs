@@ -75,6 +75,12 @@ impl Series {
         self.ns.saturating_record(ns.max(1));
     }
 
+    fn add(&mut self, other: &Series) {
+        self.count += other.count;
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.ns.add(&other.ns);
+    }
+
     fn json(&self) -> Value {
         let us = |v: u64| v as f64 / 1000.0;
         json!({
@@ -340,8 +346,17 @@ impl KernelExits {
         Value::Array(
             rows.into_iter()
                 .map(|(k, r)| {
-                    let mut places: Vec<(&Option<Place>, &Series)> = r.to_user.iter().collect();
-                    places.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+                    // By name: the addresses of one region (a config space, a BAR page) are one
+                    // row, as in trapvisor's own table.
+                    let mut by_name: Vec<(String, Series)> = Vec::new();
+                    for (p, s) in &r.to_user {
+                        let n = name(p);
+                        match by_name.iter_mut().find(|e| e.0 == n) {
+                            Some(e) => e.1.add(s),
+                            None => by_name.push((n, s.clone())),
+                        }
+                    }
+                    by_name.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
                     let mut v = r.all.json();
                     v["reason"] = json!(k.name());
                     if let ReasonKey::Hardware(h) = k {
@@ -351,11 +366,11 @@ impl KernelExits {
                     v["in_kernel"] = json!(r.in_kernel);
                     v["to_userspace"] = json!(r.to_userspace());
                     v["places"] = Value::Array(
-                        places
+                        by_name
                             .into_iter()
-                            .map(|(p, s)| {
+                            .map(|(n, s)| {
                                 let mut row = s.json();
-                                row["where"] = json!(name(p));
+                                row["where"] = json!(n);
                                 row
                             })
                             .collect(),

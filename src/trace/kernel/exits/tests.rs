@@ -186,6 +186,58 @@ fn without_kvm_exit_each_kvm_run_is_bracketed() {
         "{j}"
     );
     assert_eq!(rows[1]["places"][0]["where"], "mmio testdev sink");
+    // Two addresses of one region are one row.
+    k.vcpu_event(&ev(7, 20_000, Kind::Fpu { load: true }));
+    k.vcpu_event(&ev(
+        7,
+        20_500,
+        Kind::Mmio {
+            op: 2,
+            len: 4,
+            gpa: 0xf000_0010,
+        },
+    ));
+    k.vcpu_event(&ev(
+        7,
+        21_000,
+        Kind::UserspaceExit {
+            reason: 6,
+            errno: 0,
+        },
+    ));
+    k.vcpu_event(&ev(7, 22_000, Kind::Fpu { load: true }));
+    k.vcpu_event(&ev(
+        7,
+        22_500,
+        Kind::Mmio {
+            op: 2,
+            len: 4,
+            gpa: 0xf000_000c,
+        },
+    ));
+    k.vcpu_event(&ev(
+        7,
+        23_000,
+        Kind::UserspaceExit {
+            reason: 6,
+            errno: 0,
+        },
+    ));
+    let j = k.reasons_json(&pio, &mmio);
+    let m = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "KVM_RUN -> MMIO")
+        .unwrap();
+    let reserved: Vec<&Value> = m["places"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["where"] == "mmio testdev reserved")
+        .collect();
+    assert_eq!(reserved.len(), 1, "{m}");
+    assert_eq!(reserved[0]["count"], 2, "{m}");
     let ka = k.kernel_accesses_json(&pio, &mmio);
     assert_eq!(ka[0]["where"], "pio 0x43 (no trapvisor device)", "{ka}");
     assert_eq!(ka[0]["count"], 1);
