@@ -4,6 +4,8 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A static whose synchronisation is the user's job (boot-time setup, data handed to assembly).
+/// Laid out as `T` (assembly may name it).
+#[repr(transparent)]
 pub struct Global<T>(UnsafeCell<T>);
 
 // SAFETY: every user of a `Global` documents why its accesses do not race (single CPU at boot,

@@ -22,6 +22,8 @@
 //! into one.
 use core::ptr::addr_of_mut;
 
+use crate::sync::Global;
+
 /// Where the image is linked (`link.ld`): the start of the TTBR1 range with T1SZ = 25.
 pub const LINK_BASE: u64 = 0xffff_ff80_0000_0000;
 /// Bytes of each stack.
@@ -194,37 +196,35 @@ extern "C" {
 }
 
 /// MAIR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, SCTLR_EL1 as `mmu_on` loads them; then the image's
-/// physical address.
-#[no_mangle]
-pub static mut MMU_CONFIG: [u64; 6] = [0; 6];
+/// physical address. Written once by `early_tables`, read-only afterwards.
+static MMU_CONFIG: Global<[u64; 6]> = Global::new([0; 6]);
 
 #[repr(C, align(4096))]
-pub struct Table(pub [u64; 512]);
+struct Table([u64; 512]);
 
 /// TTBR0's level-1 table (1 GiB blocks), the level-2 table of the GiB with the image, TTBR1's
 /// level-1 and level-2 tables and the level-3 tables of the image (4 of 2 MiB).
 #[repr(C)]
-pub struct Tables {
-    pub id_l1: Table,
-    pub id_l2: Table,
+struct Tables {
+    id_l1: Table,
+    id_l2: Table,
     hi_l1: Table,
     hi_l2: Table,
     hi_l3: [Table; 4],
 }
 
-/// In .bss: zeroed before `early_tables` runs.
-#[no_mangle]
-pub static mut TABLES: Tables = Tables {
+/// In .bss: zeroed before `early_tables` runs, which is the only writer.
+static TABLES: Global<Tables> = Global::new(Tables {
     id_l1: Table([0; 512]),
     id_l2: Table([0; 512]),
     hi_l1: Table([0; 512]),
     hi_l2: Table([0; 512]),
     hi_l3: [const { Table([0; 512]) }; 4],
-};
+});
 
 // Descriptor bits (VMSAv8-64, 4 KiB granule).
-pub const DESC_BLOCK: u64 = 0b01;
-pub const DESC_TABLE: u64 = 0b11;
+const DESC_BLOCK: u64 = 0b01;
+const DESC_TABLE: u64 = 0b11;
 const DESC_PAGE: u64 = 0b11;
 const ATTR_DEVICE: u64 = 1 << 2; // MAIR index 1
 const ATTR_NORMAL: u64 = 2 << 2; // MAIR index 2
@@ -236,7 +236,7 @@ const AF: u64 = 1 << 10;
 const PXN: u64 = 1 << 53;
 const UXN: u64 = 1 << 54;
 /// Device memory: EL0 and EL1 read/write, never executable.
-pub const DEVICE_BLOCK: u64 = DESC_BLOCK | ATTR_DEVICE | AP_RW_ALL | AF | PXN | UXN;
+const DEVICE_BLOCK: u64 = DESC_BLOCK | ATTR_DEVICE | AP_RW_ALL | AF | PXN | UXN;
 /// The image's identity blocks: normal, EL1 read-only and executable (the MMU switch runs here).
 const IDMAP_IMAGE_BLOCK: u64 = DESC_BLOCK | ATTR_NORMAL | AP_RO_EL1 | SH_INNER | AF | UXN;
 const PAGE_TEXT: u64 = DESC_PAGE | ATTR_NORMAL | AP_RO_ALL | SH_INNER | AF;
@@ -264,10 +264,9 @@ extern "C" fn early_tables(pa: u64) -> u64 {
     if image_end > MAX_IMAGE || (pa + image_end - 1) / GIB != image_gib || image_gib >= 512 {
         return 1;
     }
-    // SAFETY: the tables are this code's alone (one CPU, before the MMU is on); raw pointers,
-    // since references to a `static mut` are not allowed.
+    // SAFETY: the tables are this code's alone (one CPU, before the MMU is on).
     unsafe {
-        let t = addr_of_mut!(TABLES);
+        let t = TABLES.get();
         let id_l1 = addr_of_mut!((*t).id_l1.0) as *mut u64;
         let id_l2 = addr_of_mut!((*t).id_l2.0) as *mut u64;
         let hi_l1 = addr_of_mut!((*t).hi_l1.0) as *mut u64;
@@ -343,7 +342,7 @@ extern "C" fn early_tables(pa: u64) -> u64 {
             | (1 << 14)
             | (1 << 15)
             | (1 << 23);
-        let cfg = addr_of_mut!(MMU_CONFIG) as *mut u64;
+        let cfg = MMU_CONFIG.get() as *mut u64;
         cfg.write_volatile(MAIR);
         cfg.add(1).write_volatile(tcr);
         cfg.add(2).write_volatile(id_l1 as u64);
@@ -358,9 +357,7 @@ extern "C" fn early_tables(pa: u64) -> u64 {
     0
 }
 
-/// `dc civac` over `[start, start + len)` (64-byte lines: the smallest CTR_EL0 allows is 16
-/// bytes, but the architecture guarantees the operation covers the whole line it hits, and
-/// every arm64 core has lines of 64 bytes or more; 16-byte steps would also do, 4x slower).
+/// `dc civac` over `[start, start + len)`, a line (CTR_EL0.DminLine) at a time, then `dsb sy`.
 fn dcache_clean_invalidate(start: u64, len: u64) {
     let ctr: u64;
     // SAFETY: reading CTR_EL0 has no side effect.
@@ -379,7 +376,7 @@ fn dcache_clean_invalidate(start: u64, len: u64) {
 /// The image's physical address (from `MMU_CONFIG`).
 pub fn image_pa() -> u64 {
     // SAFETY: written once before the MMU came on, read-only since.
-    unsafe { (*core::ptr::addr_of!(MMU_CONFIG))[5] }
+    unsafe { (*MMU_CONFIG.get())[5] }
 }
 
 /// The image's size in bytes.
