@@ -23,6 +23,8 @@
 #   --scenarios F    the scenario file (default scripts/nested/scenarios.sh)
 #   --l1-memory MB   L1's RAM (default 4608: room for an L2 with RAM above 4 GiB)
 #   --timeout S      bound on the whole L1 run (default: 120 + the scenarios' own limits)
+#   --add FILE       copy FILE into the kit L1 sees ($KIT/NAME; repeatable), for a scenario file
+#                    that boots something else (another kernel, a guest image)
 #   --list           print the scenario names and exit
 #   --direct         no L1: run the scenarios right here, on this machine's /dev/kvm (a real KVM
 #                    on hardware: a developer machine), as root, in a new network namespace
@@ -52,6 +54,7 @@ scenarios=
 total_timeout=
 list=0
 direct=0
+extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --scenarios) scenarios=$2; shift 2 ;;
     --timeout) total_timeout=$2; shift 2 ;;
     --list) list=1; shift ;;
+    --add) extra+=("$(realpath "$2")"); shift 2 ;;
     --direct) direct=1; shift ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -214,6 +218,9 @@ if [ "$arch" = x86_64 ]; then
     for f in vmlinuz vmlinux l2.cpio.gz rootfs.ext4 kver; do
         cp -L -l "$HOSTKIT/$f" "$KIT/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$KIT/$f"
     done
+    for f in "${extra[@]}"; do
+        cp -L "$f" "$KIT/" || die "--add $f: cannot copy it"
+    done
 else
     # The tree that becomes /job in L1's initramfs.
     jobroot="$out/.jobroot"
@@ -222,6 +229,9 @@ else
     install -m 0755 "$here/l1-run-aarch64.sh" "$jobroot$L1RUN"
     for f in Image l2.cpio.gz kver; do
         cp -L -l "$HOSTKIT/$f" "$jobroot/job/kit/$f" 2>/dev/null || cp -L "$HOSTKIT/$f" "$jobroot/job/kit/$f"
+    done
+    for f in "${extra[@]}"; do
+        cp -L "$f" "$jobroot/job/kit/" || die "--add $f: cannot copy it"
     done
 fi
 {
@@ -268,7 +278,7 @@ run_one() {
     n=$1; t=$2; shift 2
     mkdir -p "$R/$n"
     echo "L1: scenario $n start"
-    s=$(date +%s.%N)
+    s=$(cut -d' ' -f1 /proc/uptime)
     timeout -k 10 "$t" "$@" >"$R/$n/console" 2>"$R/$n/stderr" </dev/null &
     cmd=$!
     # 25 s before the limit (at 3/4 of a short one), a post-mortem of what is still running
@@ -278,7 +288,7 @@ run_one() {
     wait $cmd
     rc=$?
     kill $watch 2>/dev/null
-    e=$(date +%s.%N)
+    e=$(cut -d' ' -f1 /proc/uptime)
     secs=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }')
     echo "$secs" >"$R/$n/secs"
     echo "$rc" >"$R/$n/rc"
