@@ -34,6 +34,8 @@ pub enum Command {
     Pci,
     /// `rng`: list bus 0, then read random bytes from a virtio-rng device.
     Rng,
+    /// `rtc`: read the date from the CMOS RTC (x86).
+    Rtc,
     /// `poweroff`: PSCI SYSTEM_OFF (aarch64).
     PowerOff,
     /// `reboot`: PSCI SYSTEM_RESET (aarch64).
@@ -103,6 +105,7 @@ pub fn parse(word: &str) -> Result<Command, ParseError<'_>> {
         "smp" => no_value(Command::Smp),
         "pci" => no_value(Command::Pci),
         "rng" => no_value(Command::Rng),
+        "rtc" => no_value(Command::Rtc),
         "poweroff" => no_value(Command::PowerOff),
         "reboot" => no_value(Command::Reboot),
         "exit" => Ok(Command::Exit(count(None)?)),

@@ -69,6 +69,7 @@ fn run(command: Command, info: &BootInfo, raw: &str) {
             pci::list(info);
         }
         Command::Rng => drivers::rng::run(info),
+        Command::Rtc => arch::commands::rtc(),
         Command::PowerOff => arch::commands::poweroff(),
         Command::Reboot => arch::commands::reboot(),
         Command::Exit(code) => {

@@ -15,6 +15,7 @@ pub fn unsupported(command: &Command) -> Option<&'static str> {
     match command {
         Command::PioLoop(_) => Some("no port I/O on aarch64 (use mmio-loop)"),
         Command::TripleFault => Some("no triple fault on aarch64 (use reboot or exit=N)"),
+        Command::Rtc => Some("no CMOS RTC on aarch64"),
         _ => None,
     }
 }
@@ -121,4 +122,9 @@ pub fn poweroff() -> ! {
 pub fn reboot() -> ! {
     println!("reboot: psci system_reset");
     testdev::power(false)
+}
+
+/// `rtc` is refused before any command runs (see `unsupported`).
+pub fn rtc() {
+    crate::fail!("rtc: no CMOS RTC on aarch64")
 }
