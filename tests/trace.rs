@@ -40,14 +40,24 @@ fn check_flows(json: &Value) -> usize {
             .find(|e| e["ph"] == "f" && e["id"].as_u64() == Some(*id))
             .unwrap_or_else(|| panic!("flow {id} has no end"));
         let (tid, ts) = (end["tid"].as_u64(), end["ts"].as_f64().unwrap());
-        assert!(
-            events.iter().any(|e| e["ph"] == "X"
-                && e["cat"] == "irq"
-                && e["tid"].as_u64() == tid
-                && e["ts"].as_f64().unwrap() <= ts
-                && ts <= e["ts"].as_f64().unwrap() + e["dur"].as_f64().unwrap()),
-            "flow {id} does not end in an interrupt span"
-        );
+        let irq = events
+            .iter()
+            .find(|e| {
+                e["ph"] == "X"
+                    && e["cat"] == "irq"
+                    && e["tid"].as_u64() == tid
+                    && e["ts"].as_f64().unwrap() <= ts
+                    && ts <= e["ts"].as_f64().unwrap() + e["dur"].as_f64().unwrap()
+            })
+            .unwrap_or_else(|| panic!("flow {id} does not end in an interrupt span"));
+        // The span names the message: its address (x86_64: the LAPIC's 0xfeeXXXXX; aarch64: the
+        // ITS's GITS_TRANSLATER) and data.
+        let address = irq["args"]["address"].as_str().unwrap_or("");
+        match trapvisor::arch::NAME {
+            "x86_64" => assert!(address.starts_with("0xfee"), "{irq}"),
+            _ => assert!(address.ends_with("0040"), "{irq}"),
+        }
+        assert!(irq["args"]["data"].is_u64(), "{irq}");
     }
     starts.len()
 }

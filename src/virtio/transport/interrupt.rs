@@ -193,12 +193,21 @@ impl VirtioInterrupt for VirtioPciInterrupt {
             self.lock_msix().fire(vector)
         };
         if let (Some(tl), Some(t0)) = (self.timeline.get(), started) {
+            let done = Instant::now();
+            // The message the vector sent: where it went (the LAPIC on x86_64, the ITS's
+            // GITS_TRANSLATER on aarch64) and its data (the vector, or the ITS event id).
+            let mut entry = [0u8; 16];
+            self.lock_msix()
+                .read_table(u64::from(vector) * 16, &mut entry);
+            let address = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
+            let data = u32::from_le_bytes(entry[8..12].try_into().unwrap_or_default());
             tl.span(
                 &format!("msi-x vector {vector}: {fired:?}"),
                 "irq",
                 t0,
-                Instant::now(),
-                serde_json::json!({ "vector": vector, "isr": bit }),
+                done,
+                serde_json::json!({ "vector": vector, "isr": bit,
+                                    "address": format!("{address:#x}"), "data": data }),
             );
             if flow != 0 {
                 tl.flow(flow, "interrupt", Flow::End, t0);
