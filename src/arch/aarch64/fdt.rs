@@ -38,9 +38,11 @@ const IRQ_LEVEL_HIGH: u32 = 4;
 /// The affinity fields of MPIDR_EL1 (Aff3 at 39:32, Aff2..Aff0 at 23:0): a cpu node's `reg`.
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
-/// The bits of a PCI `ranges` entry's first cell: 32-bit and 64-bit memory space.
+/// The bits of a PCI `ranges` entry's first cell: 32-bit memory space, and 64-bit prefetchable
+/// memory space (a window above 4 GiB; Linux warns about a non-prefetchable one larger than
+/// 4 GiB, as bridges cannot forward those).
 const PCI_RANGE_MEM32: u32 = 0x0200_0000;
-const PCI_RANGE_MEM64: u32 = 0x0300_0000;
+const PCI_RANGE_MEM64: u32 = 0x4300_0000;
 
 /// What the tree describes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -226,7 +226,7 @@ fn pci_host_bridge() {
     );
     assert_eq!(
         entry(&r[7..]),
-        (0x0300_0000, l.mmio64_start, l.mmio64_start, l.mmio64_size)
+        (0x4300_0000, l.mmio64_start, l.mmio64_start, l.mmio64_size)
     );
     assert!(fdt
         .find_node(&pcie)
