@@ -32,8 +32,9 @@ pub const USER_STACK_SIZE: usize = 16 * 1024;
 pub const AP_STACK_SIZE: usize = 16 * 1024;
 /// Most CPUs the guest can bring up (AP stacks are static).
 pub const MAX_CPUS: usize = 64;
-/// Most image bytes the TTBR1 tables map (asserted by `link.ld`).
-const MAX_IMAGE: u64 = 8 << 20;
+/// Most image bytes the TTBR1 tables map (asserted by `link.ld`): `L3_TABLES` × 2 MiB.
+const L3_TABLES: usize = 16;
+const MAX_IMAGE: u64 = (L3_TABLES as u64) << 21;
 
 core::arch::global_asm!(
     r#"
@@ -203,14 +204,14 @@ static MMU_CONFIG: Global<[u64; 6]> = Global::new([0; 6]);
 struct Table([u64; 512]);
 
 /// TTBR0's level-1 table (1 GiB blocks), the level-2 table of the GiB with the image, TTBR1's
-/// level-1 and level-2 tables and the level-3 tables of the image (4 of 2 MiB).
+/// level-1 and level-2 tables and the level-3 tables of the image (one per 2 MiB).
 #[repr(C)]
 struct Tables {
     id_l1: Table,
     id_l2: Table,
     hi_l1: Table,
     hi_l2: Table,
-    hi_l3: [Table; 4],
+    hi_l3: [Table; L3_TABLES],
 }
 
 /// In .bss: zeroed before `early_tables` runs, which is the only writer.
@@ -219,7 +220,7 @@ static TABLES: Global<Tables> = Global::new(Tables {
     id_l2: Table([0; 512]),
     hi_l1: Table([0; 512]),
     hi_l2: Table([0; 512]),
-    hi_l3: [const { Table([0; 512]) }; 4],
+    hi_l3: [const { Table([0; 512]) }; L3_TABLES],
 });
 
 // Descriptor bits (VMSAv8-64, 4 KiB granule).
@@ -294,7 +295,7 @@ extern "C" fn early_tables(pa: u64) -> u64 {
             .write_volatile(id_l2 as u64 | DESC_TABLE);
         hi_l1.write_volatile(hi_l2 as u64 | DESC_TABLE);
         let mut k = 0u64;
-        while k < 4 {
+        while k < L3_TABLES as u64 {
             hi_l2
                 .add(k as usize)
                 .write_volatile((hi_l3 as u64 + k * 4096) | DESC_TABLE);
