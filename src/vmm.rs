@@ -396,6 +396,22 @@ impl Vmm {
             .collect()
     }
 
+    /// Each MSI-X vector in use with the APIC vector its message carries (its data's low byte).
+    fn msix_vectors(&self) -> Vec<(u16, u8)> {
+        self.pci
+            .virtio()
+            .iter()
+            .flat_map(|s| {
+                let r = s.dev.lock().unwrap_or_else(|e| e.into_inner()).report();
+                r.vectors
+                    .iter()
+                    .filter(|v| v.in_use)
+                    .map(|v| (v.vector, (v.data & 0xff) as u8))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Stops the kernel trace, and with a timeline adds the kernel's events to it.
     fn finish_kernel_trace(&self) {
         let Some(kt) = &self.ktrace else { return };
@@ -408,6 +424,7 @@ impl Vmm {
                 events,
                 &kt.threads(),
                 &self.notify_addresses(),
+                &self.msix_vectors(),
                 kt.host_events(),
             );
             tl.set_other(

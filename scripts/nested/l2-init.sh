@@ -264,6 +264,14 @@ warn)
     ;;
 esac
 
+# l2.idle=S: S seconds with nothing to do before the end (the idle loop and its timer, for the
+# kernel half of the trap path: hlt and timer exits).
+idle=$(arg idle 0)
+if [ "$idle" != 0 ]; then
+    say "idle ${idle}s"
+    sleep "$idle"
+fi
+
 end=$(arg end poweroff)
 say "done uptime=$(uptime_s) end=$end"
 case "$end" in

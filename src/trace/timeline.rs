@@ -98,10 +98,15 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn new(capacity: usize) -> Self {
+        // The origin on both clocks: the monotonic readings just before and after the Instant
+        // bracket it (a slow clock read, as under emulation, would otherwise shift the kernel's
+        // events by its length).
+        let before = crate::trace::clock::monotonic_ns();
         let origin = Instant::now();
+        let after = crate::trace::clock::monotonic_ns();
         Timeline {
             origin,
-            origin_mono_ns: crate::trace::clock::monotonic_ns(),
+            origin_mono_ns: before + (after - before) / 2,
             next_flow: AtomicU64::new(1),
             capacity,
             inner: Mutex::new(Inner {
@@ -292,6 +297,33 @@ impl Timeline {
         if let Some(Event::Flow { flow: f, .. }) = inner.events.get_mut(index) {
             *f = flow;
         }
+    }
+
+    /// The arguments of the innermost span of category `cat` on `track` that encloses `at_ns`.
+    pub fn span_args_at(&self, track: u32, cat: &str, at_ns: u64) -> Option<Value> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Span {
+                    tid,
+                    cat: c,
+                    start_ns,
+                    dur_ns,
+                    args,
+                    ..
+                } if *tid == track
+                    && *c == cat
+                    && *start_ns <= at_ns
+                    && at_ns <= start_ns + dur_ns =>
+                {
+                    Some((*dur_ns, args))
+                }
+                _ => None,
+            })
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, a)| a.clone())
     }
 
     /// Sets `otherData[key]`.

@@ -26,6 +26,9 @@ use crate::trace::timeline::{Flow, FlowStep, Timeline};
 const KICK_WINDOW_NS: u64 = 50_000_000;
 const INJECT_WINDOW_NS: u64 = 2_000_000;
 const DELIVERY_WINDOW_NS: u64 = 100_000_000;
+/// How far apart the two halves' clocks may read the same moment (both CLOCK_MONOTONIC, read
+/// by the kernel and by the vDSO: under emulation they were seen 12 µs apart).
+const SKEW_NS: u64 = 20_000;
 
 /// Flow step names the kernel half adds (`trace-summary` counts their time as the kernel's).
 pub const KERNEL_STEPS: [&str; 6] = [
@@ -262,6 +265,7 @@ fn join_flows(
     by_track: &HashMap<u32, Vec<At>>,
     vcpu_tracks: &HashMap<u8, u32>,
     notify: &[u64],
+    msix: &[(u16, u8)],
 ) -> (u64, u64) {
     let mut flows: HashMap<u64, Vec<FlowStep>> = HashMap::new();
     for s in tl.flow_steps() {
@@ -312,31 +316,52 @@ fn join_flows(
         let Some(ev) = by_track.get(&last.track) else {
             continue;
         };
-        let Some(pos) = ev.iter().position(|e| {
-            e.t >= last.at_ns
-                && e.t <= last.at_ns + INJECT_WINDOW_NS
-                && matches!(e.kind, Kind::MsiSetIrq { .. } | Kind::SetIrq { .. })
-        }) else {
-            continue;
-        };
-        let inj = ev[pos];
-        // The steps after the interrupt, the last of which ends the flow.
-        let mut after_irq: Vec<(u32, &'static str, u64)> =
-            vec![(last.track, inj.kind.name(), inj.t)];
-        tl.set_flow(last.index, Flow::Step);
-        let apic = ev[pos + 1..]
+        // The APIC vectors the interrupt's MSI-X vector may carry (its message data).
+        let msix_vector = tl
+            .span_args_at(last.track, "irq", last.at_ns)
+            .and_then(|a| a["vector"].as_u64());
+        let wanted: Vec<u8> = msix
             .iter()
-            .take(4)
-            .find_map(|e| match e.kind {
-                Kind::ApicAcceptIrq { apic, .. } => Some(apic),
-                _ => None,
+            .filter(|(i, _)| msix_vector == Some(u64::from(*i)))
+            .map(|(_, v)| *v)
+            .collect();
+        let fits = |v: u8| wanted.is_empty() || wanted.contains(&v);
+        // The injection on this thread (irqfd's fast path, KVM_SIGNAL_MSI). When KVM cannot
+        // inject from here it hands the irqfd to a kernel worker, which is not traced: then
+        // the flow goes from the interrupt straight to the vCPU.
+        let pos = ev.iter().position(|e| {
+            e.t + SKEW_NS >= last.at_ns
+                && e.t <= last.at_ns + INJECT_WINDOW_NS
+                && match e.kind {
+                    Kind::MsiSetIrq { data, .. } => fits((data & 0xff) as u8),
+                    Kind::SetIrq { .. } => wanted.is_empty(),
+                    _ => false,
+                }
+        });
+        if pos.is_none() && wanted.is_empty() {
+            continue;
+        }
+        let inj = pos.map(|p| ev[p]);
+        // Not before the interrupt step it follows (the clocks' skew could put it there).
+        let t_inj = inj.map_or(last.at_ns, |i| i.t.max(last.at_ns));
+        // The steps after the interrupt, the last of which ends the flow.
+        let mut after_irq: Vec<(u32, &'static str, u64)> = Vec::new();
+        if let Some(i) = inj {
+            after_irq.push((last.track, i.kind.name(), t_inj));
+        }
+        let apic = pos
+            .and_then(|p| {
+                ev[p + 1..].iter().take(4).find_map(|e| match e.kind {
+                    Kind::ApicAcceptIrq { apic, .. } => Some(apic),
+                    _ => None,
+                })
             })
-            .or(match inj.kind {
-                Kind::MsiSetIrq { address, .. } => Some(((address >> 12) & 0xff) as u32),
+            .or(match inj.map(|i| i.kind) {
+                Some(Kind::MsiSetIrq { address, .. }) => Some(((address >> 12) & 0xff) as u32),
                 _ => None,
             });
-        let vector = match inj.kind {
-            Kind::MsiSetIrq { data, .. } => Some((data & 0xff) as u8),
+        let vector = match inj.map(|i| i.kind) {
+            Some(Kind::MsiSetIrq { data, .. }) => Some((data & 0xff) as u8),
             _ => None,
         };
         let target = apic
@@ -351,12 +376,12 @@ fn join_flows(
             let vev = by_track.get(&vt).map_or(&[][..], |v| v.as_slice());
             let after: Vec<&At> = vev
                 .iter()
-                .filter(|e| e.t >= inj.t && e.t <= inj.t + DELIVERY_WINDOW_NS)
+                .filter(|e| e.t >= t_inj && e.t <= t_inj + DELIVERY_WINDOW_NS)
                 .collect();
-            let injected = after.iter().find(
-                |e| matches!(e.kind, Kind::InjVirq { vector: v } if vector.is_none_or(|w| w == v)),
-            );
-            let from = injected.map_or(inj.t, |e| e.t);
+            let injected = after.iter().find(|e| {
+                matches!(e.kind, Kind::InjVirq { vector: v } if vector.map_or(fits(v), |w| w == v))
+            });
+            let from = injected.map_or(t_inj, |e| e.t);
             if let Some(e) = injected {
                 after_irq.push((vt, "kvm_inj_virq", e.t));
             }
@@ -368,7 +393,7 @@ fn join_flows(
                 .find(|e| e.t >= from && matches!(e.kind, Kind::Entry))
             {
                 after_irq.push((vt, "kvm_entry", e.t));
-            } else if !in_kvm_run(vev, inj.t) {
+            } else if !in_kvm_run(vev, t_inj) {
                 if let Some(e) = after
                     .iter()
                     .find(|e| matches!(e.kind, Kind::Fpu { load: true }))
@@ -377,6 +402,10 @@ fn join_flows(
                 }
             }
         }
+        if after_irq.is_empty() {
+            continue;
+        }
+        tl.set_flow(last.index, Flow::Step);
         let n = after_irq.len();
         for (i, (track, name, t)) in after_irq.into_iter().enumerate() {
             let flow = if i + 1 == n { Flow::End } else { Flow::Step };
@@ -388,12 +417,14 @@ fn join_flows(
 }
 
 /// Adds the kernel's events to `tl` (see the module doc) and returns the summary kept in the
-/// trace's `otherData.kernel`. `notify`: the queues' notify addresses (ioeventfds).
+/// trace's `otherData.kernel`. `notify`: the queues' notify addresses (ioeventfds); `msix`:
+/// each MSI-X vector in use with the APIC vector its message carries.
 pub fn merge(
     tl: &Timeline,
     events: Vec<Event>,
     threads: &[TracedThread],
     notify: &[u64],
+    msix: &[(u16, u8)],
     host: (&[&str], &[&str]),
 ) -> Value {
     let hw = events.iter().any(|e| matches!(e.kind, Kind::Exit { .. }));
@@ -443,7 +474,7 @@ pub fn merge(
         }
         by_track.insert(track, ev);
     }
-    let (kicks, irqs) = join_flows(tl, &by_track, &vcpu_tracks, notify);
+    let (kicks, irqs) = join_flows(tl, &by_track, &vcpu_tracks, notify, msix);
     let summary = json!({
         "mode": if hw { "exits" } else { "kvm_run" },
         "host_events": host.0,

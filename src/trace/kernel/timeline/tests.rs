@@ -43,7 +43,7 @@ fn a_packet_flow_runs_from_the_guest_kick_to_kvm_entry() {
                     "irq",
                     at(400),
                     at(450),
-                    json!({}),
+                    json!({"vector": 2}),
                 );
                 tl.flow(flow, "interrupt", Flow::End, at(400));
                 super::super::ring::gettid()
@@ -71,6 +71,15 @@ fn a_packet_flow_runs_from_the_guest_kick_to_kvm_entry() {
         ),
         ev(vcpu_tid, 103, Kind::Entry),
         ev(vcpu_tid, 150, svm(0x78)),
+        ev(
+            worker_tid,
+            405,
+            // Another vector's injection first: not this flow's (MSI-X vector 2 carries 0x42).
+            Kind::MsiSetIrq {
+                address: 0xfee0_0000,
+                data: 0x41,
+            },
+        ),
         ev(
             worker_tid,
             410,
@@ -107,6 +116,7 @@ fn a_packet_flow_runs_from_the_guest_kick_to_kvm_entry() {
         events,
         &threads,
         &[0xc000_3000, 0xc000_3004],
+        &[(1, 0x41), (2, 0x42)],
         (&["kvm_exit"], &["kvm_fast_mmio"]),
     );
     assert_eq!(s["mode"], "exits");
@@ -114,7 +124,7 @@ fn a_packet_flow_runs_from_the_guest_kick_to_kvm_entry() {
     assert_eq!(s["flows_joined"]["interrupts"], 1, "{s}");
     assert_eq!(s["vcpus"][0]["exits"], 2);
     assert_eq!(s["vcpus"][0]["in_kernel"], 2);
-    assert_eq!(s["injections"], 1);
+    assert_eq!(s["injections"], 2);
     let json = tl.to_json();
     let events = json["traceEvents"].as_array().unwrap();
     let steps: Vec<(&str, &str)> = {
@@ -148,7 +158,7 @@ fn a_packet_flow_runs_from_the_guest_kick_to_kvm_entry() {
     }
     let text = summary(&serde_json::from_str(&json.to_string()).unwrap(), 5).unwrap();
     assert!(
-        text.contains("kernel half (--trace-kernel): 8 events"),
+        text.contains("kernel half (--trace-kernel): 9 events"),
         "{text}"
     );
     assert!(
@@ -210,6 +220,7 @@ fn without_kvm_exit_each_kvm_run_is_one_span() {
         &tl,
         events,
         &threads,
+        &[],
         &[],
         (&["kvm_fpu"], &["kvm_exit", "kvm_entry"]),
     );
