@@ -38,12 +38,12 @@ impl Default for Series {
 }
 
 impl Series {
-    fn record(&mut self, ns: u64) {
+    pub(crate) fn record(&mut self, ns: u64) {
         self.count += 1;
         self.latency_ns.saturating_record(ns.max(1));
     }
 
-    fn add(&mut self, other: &Series) {
+    pub(crate) fn add(&mut self, other: &Series) {
         self.count += other.count;
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency_ns.add(&other.latency_ns);

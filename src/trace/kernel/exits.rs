@@ -16,17 +16,12 @@
 //! KVM_RUN) — so a return without an access waits for that completion to be named.
 use std::collections::HashMap;
 
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::events::{Event, Kind};
 use super::reasons::ExitReason;
 use crate::bus::{Bus, BusKind};
-use crate::trace::exits::QUANTILES;
-
-fn histogram() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("constant histogram bounds are valid")
-}
+use crate::trace::exits::{Series, QUANTILES};
 
 /// The address an exit's access went to (for naming its device and region).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,44 +48,17 @@ impl ReasonKey {
     }
 }
 
-/// A count and a latency histogram.
-#[derive(Clone)]
-pub struct Series {
-    pub count: u64,
-    pub ns: Histogram<u32>,
-}
-
-impl Default for Series {
-    fn default() -> Self {
-        Series {
-            count: 0,
-            ns: histogram(),
-        }
-    }
-}
-
-impl Series {
-    fn record(&mut self, ns: u64) {
-        self.count += 1;
-        self.ns.saturating_record(ns.max(1));
-    }
-
-    fn add(&mut self, other: &Series) {
-        self.count += other.count;
-        // Same bounds on both sides: adding cannot fail.
-        let _ = self.ns.add(&other.ns);
-    }
-
-    fn json(&self) -> Value {
-        let us = |v: u64| v as f64 / 1000.0;
-        json!({
-            "count": self.count,
-            "p50_us": us(self.ns.value_at_quantile(0.5)),
-            "p99_us": us(self.ns.value_at_quantile(0.99)),
-            "max_us": us(self.ns.max()),
-            "percentiles": QUANTILES.iter().map(|&q| (q, us(self.ns.value_at_quantile(q)))).collect::<Vec<_>>(),
-        })
-    }
+/// A series' row of `/stats`: count and latency in µs.
+fn series_json(s: &Series) -> Value {
+    let us = |v: u64| v as f64 / 1000.0;
+    let h = &s.latency_ns;
+    json!({
+        "count": s.count,
+        "p50_us": us(h.value_at_quantile(0.5)),
+        "p99_us": us(h.value_at_quantile(0.99)),
+        "max_us": us(h.max()),
+        "percentiles": QUANTILES.iter().map(|&q| (q, us(h.value_at_quantile(q)))).collect::<Vec<_>>(),
+    })
 }
 
 /// One reason's exits.
@@ -142,6 +110,17 @@ struct VcpuState {
     pending: Option<(ReasonKey, u64)>,
     /// The MMIO read that went to userspace: its completion is not another access.
     completing: Option<u64>,
+}
+
+/// What a KVM_RUN returned with: its KVM_EXIT_* reason, or its error (EINTR: a restart).
+pub fn returned_with(reason: u32, errno: i32) -> String {
+    if errno == -libc::EINTR {
+        "restart (EINTR)".to_string()
+    } else if errno != 0 {
+        format!("error {errno}")
+    } else {
+        kvm_exit_name(reason)
+    }
 }
 
 /// KVM_EXIT_IO.
@@ -274,14 +253,7 @@ impl KernelExits {
                 }
                 Self::flush(&mut self.reasons, st);
                 if let Some(t0) = st.run.take() {
-                    let name = if errno == -libc::EINTR {
-                        "restart (EINTR)".to_string()
-                    } else if errno != 0 {
-                        format!("error {errno}")
-                    } else {
-                        kvm_exit_name(reason)
-                    };
-                    let key = ReasonKey::Run(name);
+                    let key = ReasonKey::Run(returned_with(reason, errno));
                     let ns = e.time_ns.saturating_sub(t0);
                     self.reasons.entry(key.clone()).or_default().all.record(ns);
                     st.completing = None;
@@ -357,7 +329,7 @@ impl KernelExits {
                         }
                     }
                     by_name.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
-                    let mut v = r.all.json();
+                    let mut v = series_json(&r.all);
                     v["reason"] = json!(k.name());
                     if let ReasonKey::Hardware(h) = k {
                         v["isa"] = json!(h.isa.name());
@@ -369,7 +341,7 @@ impl KernelExits {
                         by_name
                             .into_iter()
                             .map(|(n, s)| {
-                                let mut row = s.json();
+                                let mut row = series_json(&s);
                                 row["where"] = json!(n);
                                 row
                             })

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::events::{Event, Kind};
-use super::exits::kvm_exit_name;
+use super::exits::{kvm_exit_name, returned_with};
 use super::TracedThread;
 use crate::trace::timeline::{Flow, FlowStep, Timeline};
 
@@ -88,6 +88,9 @@ fn access_args(kind: &Kind) -> Value {
 
 /// Draws one vCPU's events on `track`.
 fn vcpu_track(tl: &Timeline, track: u32, ev: &[At], hw: bool) -> VcpuTotals {
+    let mark = |cat: &'static str, e: &At| {
+        tl.add_instant(track, e.kind.name().into(), cat, e.t, access_args(&e.kind));
+    };
     let mut tot = VcpuTotals::default();
     let mut exit: Option<(u64, Kind, Option<Kind>, bool)> = None;
     let mut last_entry: Option<u64> = None;
@@ -140,33 +143,17 @@ fn vcpu_track(tl: &Timeline, track: u32, ev: &[At], hw: bool) -> VcpuTotals {
                         x.2 = Some(e.kind);
                     }
                 }
-                tl.add_instant(
-                    track,
-                    e.kind.name().into(),
-                    "kernel",
-                    e.t,
-                    access_args(&e.kind),
-                );
+                mark("kernel", e);
             }
             Kind::UserspaceExit { reason, errno } => {
                 if let Some(x) = exit.as_mut() {
                     x.3 = true;
                 }
                 if let Some((t0, t1)) = ran.take() {
-                    let name = if errno == -libc::EINTR {
-                        "KVM_RUN -> restart (EINTR)".to_string()
-                    } else {
-                        format!("KVM_RUN -> {}", kvm_exit_name(reason))
-                    };
+                    let name = format!("KVM_RUN -> {}", returned_with(reason, errno));
                     tl.add_span(track, name, "kernel", t0, t1, access_args(&e.kind));
                 }
-                tl.add_instant(
-                    track,
-                    e.kind.name().into(),
-                    "kernel",
-                    e.t,
-                    access_args(&e.kind),
-                );
+                mark("kernel", e);
                 user = Some(e.t);
             }
             Kind::Fpu { load: true } => {
@@ -188,13 +175,7 @@ fn vcpu_track(tl: &Timeline, track: u32, ev: &[At], hw: bool) -> VcpuTotals {
             | Kind::MsiSetIrq { .. }
             | Kind::SetIrq { .. }
             | Kind::ApicAcceptIrq { .. } => {
-                tl.add_instant(
-                    track,
-                    e.kind.name().into(),
-                    "irq",
-                    e.t,
-                    access_args(&e.kind),
-                );
+                mark("irq", e);
             }
         }
     }
@@ -208,6 +189,9 @@ fn vcpu_track(tl: &Timeline, track: u32, ev: &[At], hw: bool) -> VcpuTotals {
 
 /// Draws an injecting thread's events on `track`: a span per injection.
 fn injector_track(tl: &Timeline, track: u32, ev: &[At]) -> u64 {
+    let mark = |cat: &'static str, e: &At| {
+        tl.add_instant(track, e.kind.name().into(), cat, e.t, access_args(&e.kind));
+    };
     let mut n = 0;
     for (i, e) in ev.iter().enumerate() {
         let name = match e.kind {
@@ -215,13 +199,7 @@ fn injector_track(tl: &Timeline, track: u32, ev: &[At]) -> u64 {
             Kind::SetIrq { gsi, .. } => format!("kvm_set_irq gsi {gsi}"),
             Kind::ApicAcceptIrq { .. } => continue,
             _ => {
-                tl.add_instant(
-                    track,
-                    e.kind.name().into(),
-                    "irq",
-                    e.t,
-                    access_args(&e.kind),
-                );
+                mark("irq", e);
                 continue;
             }
         };

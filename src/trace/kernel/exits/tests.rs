@@ -96,7 +96,10 @@ fn hardware_exits_split_into_kernel_and_userspace_with_their_places() {
         code: 0x7b,
     })];
     assert_eq!((io.all.count, io.in_kernel, io.to_userspace()), (1, 0, 1));
-    assert!(io.all.ns.equivalent(io.all.ns.max(), 10_000));
+    assert!(io
+        .all
+        .latency_ns
+        .equivalent(io.all.latency_ns.max(), 10_000));
     let j = k.reasons_json(&pio, &mmio);
     let rows = j.as_array().unwrap();
     assert_eq!(rows.len(), 4, "{j}");
