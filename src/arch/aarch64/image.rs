@@ -76,6 +76,49 @@ pub fn parse_header(head: &[u8]) -> Result<ImageHeader, ArchError> {
     Ok(h)
 }
 
+/// How much of the file a kernel with an EFI stub (`MZ` first, a PE header at the offset in
+/// bytes 60..64) says it has: the end of its last PE section's raw data. `None` for an Image
+/// without a PE header, or with one outside `head`.
+pub fn pe_file_end(head: &[u8]) -> Option<u64> {
+    const SECTION: usize = 40;
+    if head.len() < HEADER_SIZE || &head[..2] != b"MZ" {
+        return None;
+    }
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let pe = u32_at(60)? as usize;
+    if head.get(pe..pe.checked_add(4)?)? != b"PE\0\0" {
+        return None;
+    }
+    let sections = usize::from(u16_at(pe + 6)?);
+    let table = pe + 24 + usize::from(u16_at(pe + 20)?);
+    let mut end = 0u64;
+    for n in 0..sections {
+        let s = table.checked_add(n.checked_mul(SECTION)?)?;
+        let (size, at) = (u32_at(s + 16)?, u32_at(s + 20)?);
+        end = end.max(u64::from(at) + u64::from(size));
+    }
+    Some(end)
+}
+
+/// Refuses a kernel file shorter than its PE sections say (a truncated copy would boot into
+/// zeros). Images without a PE header cannot be checked.
+pub fn check_complete(head: &[u8], file_len: u64) -> Result<(), ArchError> {
+    match pe_file_end(head) {
+        Some(end) if file_len < end => Err(ArchError::Truncated {
+            len: file_len,
+            needed: end,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Where everything goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootLayout {
@@ -202,6 +245,55 @@ mod tests {
             parse_header(&header(0, 0x10_0000, 0xb)),
             Err(ArchError::BigEndianImage)
         ));
+    }
+
+    /// The head of an EFI-stub Image: a PE header at 0x40 with two sections whose raw data end
+    /// at `end`.
+    fn efi_head(end: u32) -> Vec<u8> {
+        let mut b = header(0, 0x1ab_0000, 0xa);
+        b[60..64].copy_from_slice(&0x40u32.to_le_bytes());
+        b[0x40..0x44].copy_from_slice(b"PE\0\0");
+        b[0x46..0x48].copy_from_slice(&2u16.to_le_bytes());
+        b[0x54..0x56].copy_from_slice(&0xa0u16.to_le_bytes()); // optional header size
+        let table = 0x40 + 24 + 0xa0;
+        for (n, (at, size)) in [(0x1_0000u32, 0x1000u32), (0x1_1000, end - 0x1_1000)]
+            .into_iter()
+            .enumerate()
+        {
+            let s = table + 40 * n;
+            b[s + 16..s + 20].copy_from_slice(&size.to_le_bytes());
+            b[s + 20..s + 24].copy_from_slice(&at.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_truncated_efi_image_is_refused() {
+        let head = efi_head(0x2_0000);
+        assert_eq!(pe_file_end(&head), Some(0x2_0000));
+        assert!(check_complete(&head, 0x2_0000).is_ok());
+        assert!(check_complete(&head, 0x2_0100).is_ok());
+        let e = check_complete(&head, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArchError::Truncated {
+                    len: 100,
+                    needed: 0x2_0000
+                }
+            ),
+            "{e}"
+        );
+        // No PE header (the built-in guest starts with a branch): nothing to check.
+        assert_eq!(pe_file_end(&header(0, 0x10_0000, 0xa)[..]), None);
+        let mut no_pe = header(0, 0x10_0000, 0xa);
+        no_pe[..2].copy_from_slice(b"MZ");
+        no_pe[60..64].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        assert_eq!(pe_file_end(&no_pe), None);
+        // Section tables beyond the head, or huge counts, do not panic.
+        let mut wild = efi_head(0x2_0000);
+        wild[0x46..0x48].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert_eq!(pe_file_end(&wild), None);
     }
 
     #[test]

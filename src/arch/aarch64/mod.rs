@@ -57,6 +57,10 @@ pub enum ArchError {
     RealModeUnsupported,
     #[error("reading the kernel image failed: {0}")]
     KernelRead(std::io::Error),
+    #[error(
+        "the arm64 Image is truncated: the file has {len} bytes, its PE sections end at {needed}"
+    )]
+    Truncated { len: u64, needed: u64 },
     #[error("loading the Image failed: {0}")]
     KernelLoad(String),
     #[error("the kernel and its 2 MiB device tree slot need guest RAM up to {needed:#x}, but the boot window ends before that (RAM ends at {ram_end:#x})")]

@@ -269,11 +269,12 @@ pub fn configure_vcpu(
     Ok(())
 }
 
-/// Reads a kernel file's head: enough for the Image header, and for naming a bzImage.
+/// Reads a kernel file's head: enough for the Image header, for naming a bzImage and for the
+/// PE section table of an EFI stub.
 fn read_head(f: &mut File) -> Result<(Vec<u8>, u64), ArchError> {
     let len = f.seek(SeekFrom::End(0)).map_err(ArchError::KernelRead)?;
     f.seek(SeekFrom::Start(0)).map_err(ArchError::KernelRead)?;
-    let mut head = vec![0u8; 0x206.min(len as usize)];
+    let mut head = vec![0u8; 4096.min(len as usize)];
     f.read_exact(&mut head).map_err(ArchError::KernelRead)?;
     Ok((head, len))
 }
@@ -317,6 +318,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         KernelSource::File(f) => {
             let (head, len) = read_head(f)?;
             let h = image::parse_header(&head)?;
+            image::check_complete(&head, len)?;
             let plan = image::plan(mem_size, &h, len, initrd_size)?;
             pe_load(mem, plan.kernel_base, f)?;
             plan
