@@ -38,7 +38,8 @@ use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 /// Where tracefs may be mounted.
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-/// Ring buffer per thread: a vCPU at 100k exits/s writes about 30 MB/s into it.
+/// Ring buffer per thread (smaller when the mlock limit allows no more): a vCPU at 100k
+/// exits/s writes about 30 MB/s into it.
 const RING_BYTES: usize = 1 << 20;
 /// The collector wakes when a ring is this full (and at least every 20 ms).
 const WATERMARK: usize = RING_BYTES / 4;
@@ -180,7 +181,17 @@ impl KernelTrace {
     }
 
     fn add(&self, tid: Option<u32>, name: String, vcpu: Option<u8>) {
-        let result = ThreadRing::open(tid, &self.ids, RING_BYTES, WATERMARK);
+        // A user with CAP_PERFMON but not CAP_IPC_LOCK may lock only perf_event_mlock_kb
+        // (516 KiB by default) of rings: smaller ones then, rather than none.
+        let mut result = ThreadRing::open(tid, &self.ids, RING_BYTES, WATERMARK);
+        for bytes in [RING_BYTES / 4, RING_BYTES / 16] {
+            match &result {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOMEM)) => {
+                    result = ThreadRing::open(tid, &self.ids, bytes, bytes / 4);
+                }
+                _ => break,
+            }
+        }
         let mut st = lock(&self.state);
         match result {
             Ok(r) => {
