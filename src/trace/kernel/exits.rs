@@ -289,6 +289,15 @@ impl KernelExits {
         }
     }
 
+    /// The kernel dropped records of thread `tid` here (its ring was full): whatever exit or
+    /// KVM_RUN was open on it is forgotten rather than paired with a later event (an exit
+    /// whose entry was lost would otherwise take the next return to userspace as its own).
+    pub fn lost(&mut self, tid: u32) {
+        if let Some(st) = self.vcpus.get_mut(&tid) {
+            *st = VcpuState::default();
+        }
+    }
+
     /// Counts an event of another thread (interrupt injections).
     pub fn other_event(&mut self, e: &Event) {
         *self.seen.entry(e.kind.name()).or_default() += 1;

@@ -39,8 +39,9 @@ use crate::seccomp::{self, SeccompMode, ThreadKind};
 /// Where tracefs may be mounted.
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// Ring buffer per thread (smaller when the mlock limit allows no more): a vCPU at 100k
-/// exits/s writes about 30 MB/s into it.
-const RING_BYTES: usize = 1 << 20;
+/// exits/s writes about 30 MB/s into it; a Linux boot in a nested L1 about 2 MB/s, so this
+/// holds two seconds of it for a collector that a busy host does not schedule.
+const RING_BYTES: usize = 4 << 20;
 /// The collector wakes when a ring is this full (and at least every 20 ms).
 const WATERMARK: usize = RING_BYTES / 4;
 /// Events kept for the timeline (about 56 bytes each).
@@ -184,7 +185,7 @@ impl KernelTrace {
         // A user with CAP_PERFMON but not CAP_IPC_LOCK may lock only perf_event_mlock_kb
         // (516 KiB by default) of rings: smaller ones then, rather than none.
         let mut result = ThreadRing::open(tid, &self.ids, RING_BYTES, WATERMARK);
-        for bytes in [RING_BYTES / 4, RING_BYTES / 16] {
+        for bytes in [RING_BYTES / 4, RING_BYTES / 16, RING_BYTES / 64] {
             match &result {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOMEM)) => {
                     result = ThreadRing::open(tid, &self.ids, bytes, bytes / 4);
@@ -304,7 +305,13 @@ impl KernelTrace {
             .map(|t| (t.tid, t.vcpu.is_some()))
             .collect();
         for ring in &mut st.rings {
-            ring.drain(|tid, time_ns, raw| {
+            let ring_tid = ring.tid;
+            ring.drain(|record| {
+                let Some((tid, time_ns, raw)) = record else {
+                    // Records lost here: the exit in progress on this thread cannot be paired.
+                    st.exits.lost(ring_tid);
+                    return;
+                };
                 let Some(kind) = self.decoder.decode(raw) else {
                     return;
                 };

@@ -93,15 +93,17 @@ impl ThreadRing {
         self.sampler.as_raw_fd()
     }
 
-    /// Takes every record out of the ring: `sample(tid, time_ns, raw)` for each sample.
-    pub fn drain(&mut self, mut sample: impl FnMut(u32, u64, &[u8])) {
+    /// Takes every record out of the ring, in order: `on(Some((tid, time_ns, raw)))` for each
+    /// sample, `on(None)` where the kernel dropped records (the ring was full): what came
+    /// before and after that point do not pair up.
+    pub fn drain(&mut self, mut on: impl FnMut(Option<(u32, u64, &[u8])>)) {
         while let Some(rec) = self.sampler.next_record() {
             let ty = rec.ty();
             let bytes = rec.to_contiguous();
             match ty {
                 RECORD_SAMPLE => {
-                    if let Some((tid, time, raw)) = parse_sample(&bytes) {
-                        sample(tid, time, raw);
+                    if let Some(s) = parse_sample(&bytes) {
+                        on(Some(s));
                     }
                 }
                 RECORD_LOST => {
@@ -110,6 +112,7 @@ impl ThreadRing {
                         x.copy_from_slice(n);
                         self.lost += u64::from_ne_bytes(x);
                     }
+                    on(None);
                 }
                 _ => {}
             }

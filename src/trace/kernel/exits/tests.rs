@@ -347,3 +347,33 @@ fn reads_are_named_by_their_completion_and_not_counted_twice() {
         .unwrap();
     assert_eq!(m["places"][0]["where"], "mmio testdev sink");
 }
+
+#[test]
+fn a_loss_forgets_the_open_exit_instead_of_pairing_across_it() {
+    let mut k = KernelExits::default();
+    let intr = ReasonKey::Hardware(ExitReason {
+        isa: Isa::Svm,
+        code: 0x60,
+    });
+    // An external interrupt whose entry was dropped with the records after it; the next
+    // records are a return to userspace and an entry: without the loss mark they would make
+    // the interrupt look sent to trapvisor.
+    k.vcpu_event(&ev(1, 1_000, svm(0x60)));
+    k.lost(1);
+    k.vcpu_event(&ev(
+        1,
+        9_000,
+        Kind::UserspaceExit {
+            reason: 2,
+            errno: 0,
+        },
+    ));
+    k.vcpu_event(&ev(1, 10_000, Kind::Entry));
+    assert!(!k.reasons.contains_key(&intr));
+    // After the loss, pairs count again; a loss on an untraced thread changes nothing.
+    k.lost(99);
+    k.vcpu_event(&ev(1, 11_000, svm(0x60)));
+    k.vcpu_event(&ev(1, 11_500, Kind::Entry));
+    let r = &k.reasons[&intr];
+    assert_eq!((r.all.count, r.in_kernel, r.to_userspace()), (1, 1, 0));
+}
