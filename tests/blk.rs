@@ -193,6 +193,51 @@ fn two_queues_both_carry_requests() {
     assert!(a.parse::<u64>().unwrap() > 0 && b > 0, "{line}");
 }
 
+/// notify=exit: the vCPU thread serves the kick inside the exit (seccomp on, as by default),
+/// with io_uring and with the thread pool, one and two queues; the kicks arrive as exits.
+#[test]
+fn kicks_served_on_the_vcpu_with_notify_exit() {
+    let img = scratch("exit", 8 << 20);
+    for opts in [
+        ",notify=exit",
+        ",notify=exit,engine=pool",
+        ",notify=exit,queues=2",
+    ] {
+        let queues = if opts.contains("queues=2") {
+            "blk.queues=2 "
+        } else {
+            ""
+        };
+        let mut c = trapvisor();
+        c.args(["run", "--stats", "--disk"])
+            .arg(format!("path={}{opts}", img.display()))
+            .arg("--cmdline")
+            .arg(format!(
+                "{queues}blk.write=0,count=4096,seed=7 blk.verify=0,count=4096,seed=7 blk.flush \
+                 blk.bench=randread,qd=8,count=2000 blk.hostile"
+            ));
+        let out = wait(c.spawn().unwrap(), Duration::from_secs(120));
+        assert_pass(&out);
+        assert!(
+            out.stdout.contains("blk: hostile cases=17 wrong=0"),
+            "{}",
+            out.dump()
+        );
+        // The queue table: QUEUE SIZE VECTOR IOEVENTFD KICKS(EVTFD) KICKS(EXIT).
+        let row = out
+            .stderr
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("QUEUE"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no queue table: {}", out.dump()));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let exits: u64 = cols.last().unwrap().parse().unwrap();
+        assert!(exits > 0, "{opts}: {row}");
+    }
+    let bytes = std::fs::read(&img).unwrap();
+    assert!((0..4096).all(|s| sector_matches(&bytes, 7, s)));
+}
+
 #[test]
 fn the_thread_pool_and_the_fallback() {
     let img = scratch("pool", 4 << 20);

@@ -2,9 +2,10 @@
 //!
 //! Each waits in `epoll_wait` on its queue's set: the queue's ioeventfd (notify=ioeventfd),
 //! its engine's completion eventfd, the VM's stop eventfd (polled, never read) and its own
-//! wake eventfd (to end it, or a kick that came as an MMIO exit). A kick pops the queue's
-//! requests and submits them to the engine on this thread; a completion writes the used ring
-//! and interrupts the driver from this thread. The threads are made when the VM starts (as
+//! wake eventfd (to end it). A kick pops the queue's requests and submits them to the engine
+//! on this thread (with notify=exit the vCPU thread does that itself, see
+//! `Blk::process_queue`); a completion writes the used ring and interrupts the driver from
+//! this thread. The threads are made when the VM starts (as
 //! virtio-net's) and end, after the requests in flight, when the VM stops.
 use std::io;
 use std::os::fd::AsRawFd;
@@ -165,9 +166,9 @@ fn run(shared: &Shared, q: usize) {
     }
 }
 
-/// Serves a kick; traced, it starts a flow that the submission, the completion and the
-/// interrupt continue.
-fn kick(shared: &Shared, q: usize, kicks: u64, how: &str) {
+/// Serves a kick on this thread (a worker's, or with notify=exit a vCPU's); traced, it starts
+/// a flow that the submission, the completion and the interrupt continue.
+pub(crate) fn kick(shared: &Shared, q: usize, kicks: u64, how: &str) {
     let Some(tl) = shared.timeline() else {
         shared.kick(q, kicks, 0);
         return;
