@@ -529,6 +529,7 @@ fn bench(blk: &mut Blk, op: BenchOp, size: u32, qd: u32, count: u32) -> Result<(
     let t0 = time::ticks();
     let deadline = t0 + ms(blk, 120_000);
     let mut last = time::ticks();
+    let mut kick_t = 0u64;
     while completed < count {
         while inflight < qd && posted < count {
             let k = posted % qd;
@@ -540,7 +541,11 @@ fn bench(blk: &mut Blk, op: BenchOp, size: u32, qd: u32, count: u32) -> Result<(
             posted += 1;
             inflight += 1;
         }
+        // The time the kick takes as the guest sees it: the exit, and whatever the host runs
+        // on this CPU before the vCPU is back.
+        let tk = time::ticks();
         blk.dev.kick(0);
+        kick_t += time::ticks() - tk;
         let mut got = false;
         while let Some((_, _, status)) = blk.dev.reap(0)? {
             check_status(status)?;
@@ -558,7 +563,7 @@ fn bench(blk: &mut Blk, op: BenchOp, size: u32, qd: u32, count: u32) -> Result<(
     let iops = u64::from(count) * blk.khz * 1000 / dt;
     let kbps = u64::from(count) * u64::from(size) / 1024 * blk.khz * 1000 / dt;
     ulog!(
-        "blk: bench op={} size={} qd={} requests={} us={} iops={} mbps={}.{} kicks={} irqs={}",
+        "blk: bench op={} size={} qd={} requests={} us={} iops={} mbps={}.{} kicks={} kick_us={} irqs={}",
         op.name(),
         size,
         qd,
@@ -568,6 +573,7 @@ fn bench(blk: &mut Blk, op: BenchOp, size: u32, qd: u32, count: u32) -> Result<(
         kbps / 1024,
         (kbps % 1024) * 10 / 1024,
         blk.dev.kicks - kicks0,
+        kick_t * 1000 / blk.khz,
         BlkDev::irqs(0) - irqs0
     );
     Ok(())
