@@ -2,7 +2,7 @@
 # Runs one nested scenario's VMM inside L1 (scripts/nested/run.sh copies this file into the job
 # directory; scenarios.sh calls it as "$L1RUN"), with what the NIC scenarios need around it:
 #
-#   l1-run.sh [--tap NAME] [--mq] [--iperf] [--hog] -- COMMAND...
+#   l1-run.sh [--tap NAME] [--mq] [--iperf] [--hog] [--timeline] -- COMMAND...
 #
 #   --tap NAME   create the TAP NAME (10.0.2.1/24, up) before COMMAND, delete it afterwards;
 #                the VMM attaches to it by name (trapvisor --net tap=NAME, QEMU -netdev tap)
@@ -10,6 +10,10 @@
 #   --iperf      an iperf3 server on 10.0.2.1 while COMMAND runs (for l2.iperf=client:10.0.2.1)
 #   --hog        once the console says "L2: phase loaded", a busy loop on L1's CPU 1 (as on a
 #                busy host) until COMMAND ends
+#   --timeline   the boot benchmark's marks on stderr, seconds since COMMAND started:
+#                "l1-run: first_byte_s=S" (COMMAND's first byte of output: the L2's first
+#                serial byte), "l1-run: banner_s=S" (the first line with "Linux version"),
+#                "l1-run: exit_s=S" (COMMAND has exited), besides wall_to_userspace_s below
 #
 # Each console line "L2: iperf3 begin" samples the VMM process's CPU time (utime + stime);
 # the next "L2: iperf3 ... mbps=" line adds "l1-run: vmm_cpu_s=S for LINE" on stderr (the
@@ -28,12 +32,14 @@ tap=
 mq=
 iperf=0
 hog=0
+timeline=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --tap) tap=$2; shift 2 ;;
     --mq) mq=multi_queue; shift ;;
     --iperf) iperf=1; shift ;;
     --hog) hog=1; shift ;;
+    --timeline) timeline=1; shift ;;
     --) shift; break ;;
     *) echo "l1-run: unknown argument '$1'" >&2; exit 2 ;;
     esac
@@ -79,15 +85,29 @@ vmm_ticks() {
 }
 hz=$(getconf CLK_TCK)
 
+# since NAME: "l1-run: NAME_s=S" on stderr, S the seconds since COMMAND started.
+since() {
+    awk -v s="$start" -v e="$EPOCHREALTIME" -v n="$1" 'BEGIN { printf "l1-run: %s_s=%.2f\n", n, e - s }' >&2
+}
+
 start=$EPOCHREALTIME
 "$@" | {
     t0=
-    while IFS= read -r line; do
+    first=
+    banner=0
+    # The first byte on its own (a console line can take long to arrive, byte by byte).
+    if [ "$timeline" = 1 ] && IFS= read -r -N 1 first; then
+        since first_byte
+        [ "$first" != $'\n' ] || { printf '\n'; first=; }
+    fi
+    while IFS= read -r line || [ -n "$first$line" ]; do
+        line=$first$line
+        first=
         printf '%s\n' "$line"
         case "$line" in
-        "L2: userspace up"*)
-            awk -v s="$start" -v e="$EPOCHREALTIME" \
-                'BEGIN { printf "l1-run: wall_to_userspace_s=%.2f\n", e - s }' >&2
+        "L2: userspace up"*) since wall_to_userspace ;;
+        *"Linux version "*)
+            [ "$timeline" = 0 ] || [ "$banner" = 1 ] || { since banner; banner=1; }
             ;;
         "L2: phase loaded"*)
             if [ "$hog" = 1 ] && [ -z "$hogpid" ]; then
@@ -107,4 +127,6 @@ start=$EPOCHREALTIME
     done
     [ -z "$hogpid" ] || kill "$hogpid" 2>/dev/null
 }
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+[ "$timeline" = 0 ] || since exit
+exit "$rc"

@@ -33,6 +33,14 @@
 #                         and switch_root into it: its /sbin/init (disk-init.sh) takes over
 #   l2.end=poweroff       how to end: poweroff (default, "poweroff -f"), reboot ("reboot -f"),
 #                         exit (init exits: the kernel panics), crash (sysrq 'c'), hang
+#   l2.boot=1             the boot benchmark's mode (scripts/nested/boot-bench.sh): right after
+#                         "L2: userspace up", end as l2.end says, loading nothing and printing
+#                         nothing else (but l2.initcalls=)
+#   l2.initcalls=N        with l2.boot=1 and the kernel's initcall_debug: the N slowest
+#                         initcalls from the kernel log, "L2: initcall NAME usecs=U", slowest
+#                         first, then "L2: initcalls count=C total_usecs=T"
+#   l2.klog=ERE           with l2.boot=1: the kernel log's lines that match ERE (grep -E; no
+#                         spaces: a kernel parameter), each as "L2: klog LINE"
 export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -56,6 +64,29 @@ arg() {
 }
 
 say "userspace up uptime=$(uptime_s)"
+
+# The boot benchmark's mode: the userspace marker is what it waits for; end at once.
+if [ "$(arg boot 0)" = 1 ]; then
+    n=$(arg initcalls 0)
+    if [ "$n" != 0 ]; then
+        # "initcall NAME+0x0/0x40 returned 0 after 123 usecs" (initcall_debug, level debug).
+        dmesg | sed -n 's/.* initcall \([^ +]*\)[^ ]* returned .* after \([0-9]*\) usecs.*/\2 \1/p' >/tmp/ic
+        sort -rn /tmp/ic | head -n "$n" | while read -r us name; do say "initcall $name usecs=$us"; done
+        say "initcalls count=$(wc -l </tmp/ic) total_usecs=$(awk '{ t += $1 } END { print t + 0 }' /tmp/ic)"
+    fi
+    re=$(arg klog "")
+    [ -z "$re" ] || dmesg | grep -E -- "$re" | while IFS= read -r l; do say "klog $l"; done
+    end=$(arg end poweroff)
+    say "done uptime=$(uptime_s) end=$end"
+    case "$end" in
+    reboot) reboot -f ;;
+    hang) while :; do sleep 3600; done ;;
+    *) poweroff -f ;;
+    esac
+    sleep 10
+    say "still running after '$end'"
+    exit 1
+fi
 say "cpus=$(grep -c '^processor' /proc/cpuinfo) online=$(cat /sys/devices/system/cpu/online)"
 say "clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 say "cmdline=$(cat /proc/cmdline)"
