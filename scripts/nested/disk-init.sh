@@ -9,6 +9,13 @@
 #   l2.disk=read          print what /var/tv-data holds
 #   l2.now=SECONDS        L1's time at launch: the guest's date at its kernel's start must be
 #                         within 60 s of it
+#   l2.disk=bench:AT      the read/write benchmark (scripts/nested/disk-bench.sh) on the disk's
+#                         raw sectors from AT MiB on (past the file system: the image was
+#                         lengthened for it), busybox dd with O_DIRECT, one request at a time:
+#                         1 MiB sequential writes (then a flush), 1 MiB sequential reads, 4 KiB
+#                         reads; "L2: disk bench NAME ... secs=S" per figure
+#   l2.bench_mb=N         MiB each 1 MiB figure moves (default 64)
+#   l2.bench_4k=N         4 KiB reads (default 4000)
 export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -47,6 +54,33 @@ write:*)
     ;;
 read)
     say "read $(cat /var/tv-data 2>/dev/null || echo nothing)"
+    ;;
+bench:*)
+    at=$(arg disk "")
+    at=${at#bench:}
+    mb=$(arg bench_mb 64)
+    n4k=$(arg bench_4k 4000)
+    # Seconds a command took (/proc/uptime: 10 ms steps; the figures run for seconds).
+    timed() {
+        read -r t0 _ </proc/uptime
+        "$@" 2>/dev/null || echo "dd failed: $*" >&2
+        read -r t1 _ </proc/uptime
+        awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
+    }
+    rate() {
+        awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.1f", n / s; else print "inf" }'
+    }
+    size_mb=$(($(cat /sys/block/vda/size) / 2048))
+    if [ $((at + mb)) -gt "$size_mb" ]; then
+        say "bench: the disk has $size_mb MiB, the benchmark needs $((at + mb))"
+    else
+        s=$(timed dd if=/dev/zero of=/dev/vda bs=1M count="$mb" seek="$at" oflag=direct conv=fsync)
+        say "bench write1m mb=$mb secs=$s mbps=$(rate "$mb" "$s")"
+        s=$(timed dd if=/dev/vda of=/dev/null bs=1M count="$mb" skip="$at" iflag=direct)
+        say "bench read1m mb=$mb secs=$s mbps=$(rate "$mb" "$s")"
+        s=$(timed dd if=/dev/vda of=/dev/null bs=4k count="$n4k" skip=$((at * 256)) iflag=direct)
+        say "bench read4k requests=$n4k secs=$s iops=$(rate "$n4k" "$s")"
+    fi
     ;;
 esac
 # Reads and writes spread over the CPUs, so every queue sees requests.
