@@ -3,6 +3,7 @@ pub mod control;
 pub mod exit;
 pub mod ioevent;
 pub mod irq;
+pub mod ram;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -98,8 +98,7 @@ impl Vm {
         check_memory_size(mem_size)?;
         let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let memory = GuestMemoryMmap::from_ranges(&arch::ram_regions(mem_size))
-            .map_err(|e| VmError::Memory(e.to_string()))?;
+        let memory = super::ram::guest_memory(&arch::ram_regions(mem_size))?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
