@@ -49,6 +49,7 @@ fn places() -> Places {
         |_| Ok::<_, BusError>(NoIrq),
         Box::new(std::io::sink()),
         Box::new(std::io::sink()),
+        true,
     )
     .expect("devices");
     let all: Vec<(bool, trapvisor::bus::MapEntry)> = pio
@@ -86,6 +87,7 @@ fn bare(cmdline: &str) -> Duration {
             cmdline,
             mem_size: 64 << 20,
             machine: &machine,
+            legacy: true,
             phases: None,
         },
     )

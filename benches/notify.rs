@@ -292,6 +292,7 @@ fn kick_vm(n: u32) -> (Vm, VcpuFd) {
             cmdline: "",
             mem_size: RAM,
             machine: &machine,
+            legacy: true,
             phases: None,
         },
     )

@@ -94,6 +94,7 @@ fn run(args: RunArgs, started: std::time::Instant) -> ExitCode {
         rng: args.rng,
         net: args.net,
         disks: args.disk,
+        legacy: !args.no_legacy,
         started: Some(started),
     };
     let mut vmm = match Vmm::new(cfg) {

@@ -85,6 +85,8 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// virtio-blk devices on PCI, one per image (`--disk`).
     pub disks: Vec<DiskConfig>,
+    /// The legacy PC devices (x86_64: the i8042 and the PIT); `--no-legacy` drops them.
+    pub legacy: bool,
     /// When the process started (`main`): the start phases count from there, the first one
     /// being `parse`. `None`: from `Vmm::new`.
     pub started: Option<std::time::Instant>,
@@ -103,6 +105,7 @@ impl VmConfig {
             rng: None,
             net: Vec::new(),
             disks: Vec::new(),
+            legacy: true,
             started: None,
         }
     }
@@ -184,7 +187,7 @@ impl Vmm {
             None => None,
         };
 
-        let mut vm = Vm::new(cfg.mem_size)?;
+        let mut vm = Vm::with_legacy(cfg.mem_size, cfg.legacy)?;
         phases.mark("kvm+ram");
         // Every vCPU and the interrupt controller first: on aarch64 the GIC needs every vCPU,
         // and irqfds (the devices below) and MSI routes with device ids need the GIC and ITS.
@@ -200,6 +203,7 @@ impl Vmm {
             |gsi| vm.irqfd(gsi).map(IrqFdTrigger).map_err(VmmError::from),
             Box::new(console.clone()),
             Box::new(console),
+            cfg.legacy,
         )?;
 
         let mut pci = PciPlatform::new(&vm, &pio, &mmio)?;
@@ -246,6 +250,7 @@ impl Vmm {
                 cmdline: &cfg.cmdline,
                 mem_size: cfg.mem_size,
                 machine: &machine,
+                legacy: cfg.legacy,
                 phases: Some(&mut phases),
             },
         )?;

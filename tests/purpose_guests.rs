@@ -41,6 +41,7 @@ fn real_mode(image: &[u8], capture: &Capture) -> VmConfig {
         rng: None,
         net: Vec::new(),
         disks: Vec::new(),
+        legacy: true,
         started: None,
     }
 }

@@ -95,6 +95,11 @@ impl Vm {
     /// (`arch::ram_regions`), then the architecture's in-kernel devices that come before the
     /// vCPUs (`arch::setup_vm`; on x86_64 the irqchip and PIT).
     pub fn new(mem_size: u64) -> Result<Vm, VmError> {
+        Self::with_legacy(mem_size, true)
+    }
+
+    /// [`Vm::new`], without the legacy devices when `legacy` is false (x86_64: no PIT).
+    pub fn with_legacy(mem_size: u64, legacy: bool) -> Result<Vm, VmError> {
         check_memory_size(mem_size)?;
         let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -116,7 +121,7 @@ impl Vm {
             unsafe { fd.set_user_memory_region(mr) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        arch::setup_vm(&fd)?;
+        arch::setup_vm(&fd, legacy)?;
         Ok(Vm {
             kvm,
             fd: Arc::new(fd),

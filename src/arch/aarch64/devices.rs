@@ -17,7 +17,8 @@ use crate::devices::testdev::TestDev;
 use crate::devices::PlatformDevices;
 use crate::pci::root::PciRoot;
 
-/// Registers the UART, the RTC, the test device and pvpanic on `mmio` (`pio` stays empty).
+/// Registers the UART, the RTC, the test device and pvpanic on `mmio` (`pio` stays empty;
+/// nothing here is a legacy device: `legacy` changes nothing).
 /// `irq(n)` makes the trigger of SPI `n` (GSI n): the UART's.
 pub fn register_devices<T, E>(
     _pio: &Bus,
@@ -25,6 +26,7 @@ pub fn register_devices<T, E>(
     mut irq: impl FnMut(u32) -> Result<T, E>,
     console: Box<dyn Write + Send>,
     testdev_console: Box<dyn Write + Send>,
+    _legacy: bool,
 ) -> Result<PlatformDevices<T>, E>
 where
     T: Trigger + Send + 'static,
@@ -92,6 +94,7 @@ mod tests {
             },
             Box::new(std::io::sink()),
             Box::new(std::io::sink()),
+            true,
         )
         .unwrap();
         (pio, mmio, devs, lines)

@@ -115,8 +115,9 @@ pub struct BootEntry {
     pub fdt_size: u64,
 }
 
-/// After the RAM slot, before any vCPU: nothing on arm64 (the GIC needs every vCPU first).
-pub fn setup_vm(_vm: &kvm_ioctls::VmFd) -> Result<(), ArchError> {
+/// After the RAM slot, before any vCPU: nothing on arm64 (the GIC needs every vCPU first; no
+/// legacy devices).
+pub fn setup_vm(_vm: &kvm_ioctls::VmFd, _legacy: bool) -> Result<(), ArchError> {
     Ok(())
 }
 

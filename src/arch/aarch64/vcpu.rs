@@ -298,6 +298,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         cmdline,
         mem_size,
         machine,
+        legacy: _,
         mut phases,
     } = cfg;
     let mut mark = |name| {

@@ -4,12 +4,14 @@
 //! - FADT: HW_REDUCED_ACPI; the sleep control and status registers are one byte at
 //!   `ACPI_SLEEP_CONTROL_PORT` (the guest writes `(S5_SLEEP_TYPE << 2) | SLP_EN` = 0x34 to power
 //!   off), the reset register one byte at `ACPI_RESET_PORT` (value `RESET_VALUE`). Boot flags:
-//!   i8042 present, no VGA (a CMOS RTC is present); `century` = CMOS register 0x32.
+//!   i8042 present (not with `legacy` off: `--no-legacy`), no VGA (a CMOS RTC is present);
+//!   `century` = CMOS register 0x32.
 //! - MADT: one enabled local APIC per vCPU (APIC id = vCPU index), the IOAPIC at
 //!   `IOAPIC_START` (id 0, GSI base 0), IRQ0 → GSI 2, LINT1 = NMI on every CPU; PCAT_COMPAT
 //!   (the in-kernel irqchip has the 8259s).
 //! - MCFG: the ECAM window at `PCI_ECAM_START`, segment 0, bus 0 only.
-//! - DSDT: `\_S5_`, COM1 (PNP0501, IRQ 4), the i8042 keyboard controller `PS2K` (PNP0303,
+//! - DSDT: `\_S5_`, COM1 (PNP0501, IRQ 4), the i8042 keyboard controller `PS2K` (PNP0303, not
+//!   with `legacy` off,
 //!   ports 0x60 and 0x64, IRQ 1: a hardware-reduced platform maps no legacy IRQs, so Linux's
 //!   i8042 driver finds its ports and interrupt only through PNP), pvpanic `PEVT` (QEMU0001,
 //!   port 0x505), the CMOS RTC `RTC_` (PNP0B00, ports 0x70-0x71, IRQ 8), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
@@ -44,7 +46,9 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 pub const RESET_VALUE: u8 = 1;
 /// FADT IAPC_BOOT_ARCH: 8042 present (bit 1), VGA not present (2); bit 5 (CMOS RTC not
 /// present) clear: Linux reads the wall clock from the RTC at boot.
-pub const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2);
+pub const IAPC_BOOT_ARCH: u16 = IAPC_8042 | (1 << 2);
+/// IAPC_BOOT_ARCH's "8042 present" bit: without it Linux's i8042 driver does not probe.
+pub const IAPC_8042: u16 = 1 << 1;
 /// FADT century: the CMOS register holding the century (`devices::rtc::REG_CENTURY`).
 pub const FADT_CENTURY: u8 = 0x32;
 /// MADT flags: PCAT_COMPAT (dual 8259s present).
@@ -87,8 +91,9 @@ fn table_id(sig: &[u8; 4]) -> [u8; 8] {
     id
 }
 
-/// The DSDT for `mem_size` bytes of RAM (the 64-bit PCI window sits above RAM).
-pub fn dsdt(mem_size: u64) -> Vec<u8> {
+/// The DSDT for `mem_size` bytes of RAM (the 64-bit PCI window sits above RAM); the i8042
+/// only with `legacy`.
+pub fn dsdt(mem_size: u64, legacy: bool) -> Vec<u8> {
     let s5 = Name::new("_S5_".into(), &Package::new(vec![&S5_SLEEP_TYPE]));
 
     let com1_irq = Interrupt::new(true, true, false, false, COM1_IRQ);
@@ -196,6 +201,7 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
         ],
     ));
 
+    let ps2k = if legacy { ps2k } else { Vec::new() };
     let sb = Scope::raw(
         "\\_SB_".into(),
         [com1, ps2k, pevt, rtc, pci0, mbrd].concat(),
@@ -206,8 +212,8 @@ pub fn dsdt(mem_size: u64) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// The FADT pointing at the DSDT at `dsdt_addr`.
-pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
+/// The FADT pointing at the DSDT at `dsdt_addr`; the 8042 boot flag only with `legacy`.
+pub fn fadt(dsdt_addr: u64, legacy: bool) -> Vec<u8> {
     let io_byte = |port: u16| {
         GAS::new(
             GasSpace::SystemIo,
@@ -227,7 +233,12 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     fadt.reset_value = RESET_VALUE;
     fadt.sleep_control_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
-    fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    fadt.iapc_boot_arch = if legacy {
+        IAPC_BOOT_ARCH
+    } else {
+        IAPC_BOOT_ARCH & !IAPC_8042
+    }
+    .into();
     fadt.century = FADT_CENTURY;
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"TRAPVISR").into();
     aml_bytes(&fadt.finalize())
@@ -264,7 +275,7 @@ pub fn mcfg() -> Vec<u8> {
 }
 
 /// Builds all tables and gives each its guest address.
-pub fn build_tables(nr_cpus: u8, mem_size: u64) -> Result<AcpiTables, ArchError> {
+pub fn build_tables(nr_cpus: u8, mem_size: u64, legacy: bool) -> Result<AcpiTables, ArchError> {
     let mut tables = Vec::new();
     let mut next = ACPI_TABLES_START;
     let mut place = |bytes: Vec<u8>| {
@@ -273,8 +284,8 @@ pub fn build_tables(nr_cpus: u8, mem_size: u64) -> Result<AcpiTables, ArchError>
         tables.push((addr, bytes));
         addr
     };
-    let dsdt_addr = place(dsdt(mem_size));
-    let fadt_addr = place(fadt(dsdt_addr));
+    let dsdt_addr = place(dsdt(mem_size, legacy));
+    let fadt_addr = place(fadt(dsdt_addr, legacy));
     let madt_addr = place(madt(nr_cpus));
     let mcfg_addr = place(mcfg());
     let mut xsdt = XSDT::new(OEM_ID, table_id(b"XSDT"), OEM_REVISION);
@@ -302,8 +313,13 @@ pub fn fits_in(mem: &GuestMemoryMmap) -> bool {
 }
 
 /// Builds the tables and writes them to guest memory.
-pub fn write_tables(mem: &GuestMemoryMmap, nr_cpus: u8, mem_size: u64) -> Result<(), ArchError> {
-    let t = build_tables(nr_cpus, mem_size)?;
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    nr_cpus: u8,
+    mem_size: u64,
+    legacy: bool,
+) -> Result<(), ArchError> {
+    let t = build_tables(nr_cpus, mem_size, legacy)?;
     mem.write_slice(&t.rsdp, GuestAddress(RSDP_START))
         .map_err(mem_err("the ACPI RSDP"))?;
     for (addr, bytes) in &t.tables {
@@ -346,7 +362,7 @@ mod tests {
     #[test]
     fn every_table_checksums_and_has_its_length() {
         for nr_cpus in [1u8, 4, 255] {
-            let t = build_tables(nr_cpus, 256 << 20).unwrap();
+            let t = build_tables(nr_cpus, 256 << 20, true).unwrap();
             assert_eq!(&t.rsdp[..8], b"RSD PTR ");
             assert_eq!(checksum(&t.rsdp[..20]), 0, "RSDP v1 checksum");
             assert_eq!(checksum(&t.rsdp), 0, "RSDP extended checksum");
@@ -364,7 +380,7 @@ mod tests {
 
     #[test]
     fn rsdp_xsdt_and_fadt_point_at_the_tables() {
-        let t = build_tables(2, 256 << 20).unwrap();
+        let t = build_tables(2, 256 << 20, true).unwrap();
         let (xsdt_addr, xsdt) = t.find(b"XSDT").unwrap();
         assert_eq!(u64_at(&t.rsdp, 24), xsdt_addr);
         let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
@@ -381,7 +397,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_with_sleep_and_reset_registers() {
-        let t = fadt(0xe0100);
+        let t = fadt(0xe0100, true);
         assert_eq!(t.len(), 276);
         let flags = u32_at(&t, 112);
         assert_ne!(flags & Flags::HwReducedAcpi as u32, 0);
@@ -432,7 +448,7 @@ mod tests {
 
     #[test]
     fn dsdt_names_s5_com1_and_the_pci_host_bridge() {
-        let t = dsdt(256 << 20);
+        let t = dsdt(256 << 20, true);
         let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
         // Name(_S5_, Package(1) { 5 }): NameOp, name, PackageOp, length 4, 1 element,
         // BytePrefix 5.
@@ -460,7 +476,7 @@ mod tests {
 
     #[test]
     fn dsdt_describes_the_i8042_and_pvpanic() {
-        let t = dsdt(256 << 20);
+        let t = dsdt(256 << 20, true);
         let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
         for name in [&b"PS2K"[..], b"PEVT"] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));
@@ -479,15 +495,39 @@ mod tests {
     }
 
     #[test]
+    fn without_legacy_devices_there_is_no_i8042_to_probe() {
+        let t = dsdt(256 << 20, false);
+        let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"PS2K"));
+        assert!(!has(&[0x0c, 0x41, 0xd0, 0x03, 0x03]), "no PNP0303");
+        assert!(!has(&[0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01]));
+        // The rest stays: COM1, pvpanic, the RTC, the PCI host bridge.
+        for name in [&b"COM1"[..], b"PEVT", b"RTC_", b"PCI0", b"MBRD"] {
+            assert!(has(name), "{}", String::from_utf8_lossy(name));
+        }
+        let f = fadt(0xe0100, false);
+        let arch = u16::from_le_bytes([f[109], f[110]]);
+        assert_eq!(arch & IAPC_8042, 0, "no 8042 boot flag");
+        assert_eq!(arch, IAPC_BOOT_ARCH & !IAPC_8042);
+        // The tables as a whole are still well formed (checksums) and smaller.
+        let on = build_tables(1, 256 << 20, true).unwrap();
+        let off = build_tables(1, 256 << 20, false).unwrap();
+        for (_, bytes) in &off.tables {
+            assert_eq!(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        }
+        assert!(off.tables[0].1.len() < on.tables[0].1.len(), "DSDT");
+    }
+
+    #[test]
     fn tables_fit_in_a_megabyte_of_ram() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         assert!(fits_in(&mem));
-        write_tables(&mem, 1, 1 << 20).unwrap();
+        write_tables(&mem, 1, 1 << 20, true).unwrap();
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, GuestAddress(RSDP_START)).unwrap();
         assert_eq!(&sig, b"RSD PTR ");
         let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(!fits_in(&small));
-        assert!(write_tables(&small, 1, 0x8_0000).is_err());
+        assert!(write_tables(&small, 1, 0x8_0000, true).is_err());
     }
 }

@@ -17,8 +17,8 @@ use crate::devices::testdev::{self, DebugExit, TestDev};
 use crate::devices::PlatformDevices;
 use crate::pci::root::{Conf1, PciRoot, CONF1_LEN, CONF1_PORT};
 
-/// Registers COM1, the i8042, the debug-exit port, the test device, the ACPI PM registers and
-/// pvpanic and the CMOS RTC (on the host's clock). `irq(n)` makes the trigger of legacy IRQ `n` (4: COM1, 1: the i8042's keyboard);
+/// Registers COM1, the i8042 (only with `legacy`), the debug-exit port, the test device, the
+/// ACPI PM registers and pvpanic and the CMOS RTC (on the host's clock). `irq(n)` makes the trigger of legacy IRQ `n` (4: COM1, 1: the i8042's keyboard);
 /// `console` receives serial output, `testdev_console` the test device's.
 pub fn register_devices<T, E>(
     pio: &Bus,
@@ -26,6 +26,7 @@ pub fn register_devices<T, E>(
     mut irq: impl FnMut(u32) -> Result<T, E>,
     console: Box<dyn Write + Send>,
     testdev_console: Box<dyn Write + Send>,
+    legacy: bool,
 ) -> Result<PlatformDevices<T>, E>
 where
     T: Trigger + Send + 'static,
@@ -36,22 +37,24 @@ where
         irq(layout::COM1_IRQ)?,
         console,
     )));
-    let kbd_irq = irq(layout::I8042_KBD_IRQ)?;
     let testdev = Arc::new(Mutex::new(TestDev::new(testdev_console)));
     let serial_dev: SharedDevice = serial.clone();
     let testdev_dev: SharedDevice = testdev.clone();
     pio.insert(layout::COM1_PORT.into(), 8, "serial0", "16550", serial_dev)?;
-    pio.insert(
-        layout::I8042_DATA_PORT.into(),
-        5,
-        "i8042",
-        "data+status/command",
-        Arc::new(Mutex::new(I8042::with_irq(Box::new(move || {
-            if let Err(e) = kbd_irq.trigger() {
-                log::warn!("i8042: cannot raise IRQ 1: {e:?}");
-            }
-        })))),
-    )?;
+    if legacy {
+        let kbd_irq = irq(layout::I8042_KBD_IRQ)?;
+        pio.insert(
+            layout::I8042_DATA_PORT.into(),
+            5,
+            "i8042",
+            "data+status/command",
+            Arc::new(Mutex::new(I8042::with_irq(Box::new(move || {
+                if let Err(e) = kbd_irq.trigger() {
+                    log::warn!("i8042: cannot raise IRQ 1: {e:?}");
+                }
+            })))),
+        )?;
+    }
     pio.insert(
         layout::DEBUG_EXIT_PORT.into(),
         4,

@@ -132,8 +132,9 @@ pub enum BootEntry {
 }
 
 /// After the RAM slots, before any vCPU: KVM's TSS and identity-map pages, the in-kernel
-/// irqchip (IOAPIC, PIC, and a local APIC per vCPU created later) and the PIT.
-pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
+/// irqchip (IOAPIC, PIC, and a local APIC per vCPU created later) and, with `legacy`, the PIT
+/// (Linux never programs it here: with a hardware-reduced FADT it sets up no PIT timer).
+pub fn setup_vm(vm: &VmFd, legacy: bool) -> Result<(), ArchError> {
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -142,11 +143,13 @@ pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
     // memslot change after KVM_CREATE_IRQCHIP is slow, and here there is none.
     vm.create_irq_chip()
         .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    if legacy {
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    }
     Ok(())
 }
 
@@ -199,6 +202,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         cmdline,
         mem_size,
         machine,
+        legacy,
         phases,
     } = cfg;
     let nr_cpus = machine.nr_cpus;
@@ -221,7 +225,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
             }
             loader::check_real_mode(mem, image, load_addr)?;
             if acpi::fits_in(mem) {
-                acpi::write_tables(mem, nr_cpus, mem_size)?;
+                acpi::write_tables(mem, nr_cpus, mem_size, legacy)?;
                 write_reset_vector(mem)?;
             } else {
                 log::debug!("guest RAM ends below the ACPI tables; real-mode guest gets none");
@@ -239,7 +243,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
                 cmdline,
                 cmdline_size,
                 mem_size,
-                nr_cpus,
+                (nr_cpus, legacy),
                 phases,
             )
         }
@@ -252,7 +256,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
                 cmdline,
                 cmdline_size,
                 mem_size,
-                nr_cpus,
+                (nr_cpus, legacy),
                 phases,
             )
         }
@@ -268,7 +272,7 @@ fn finish_load(
     cmdline: &str,
     cmdline_size: usize,
     mem_size: u64,
-    nr_cpus: u8,
+    (nr_cpus, legacy): (u8, bool),
     mut phases: Option<&mut crate::trace::phases::StartPhases>,
 ) -> Result<BootEntry, ArchError> {
     let mut mark = |name| {
@@ -287,7 +291,7 @@ fn finish_load(
         }
         None => None,
     };
-    acpi::write_tables(mem, nr_cpus, mem_size)?;
+    acpi::write_tables(mem, nr_cpus, mem_size, legacy)?;
     write_reset_vector(mem)?;
     match kernel.entry {
         BootEntry::Linux64 { .. } => {

@@ -115,6 +115,7 @@ fn boot(
             cmdline,
             mem_size: mem.iter().map(|r| r.len()).sum(),
             machine: &Machine::new(2),
+            legacy: true,
             phases: None,
         },
     )
@@ -471,6 +472,7 @@ fn no_vcpus_is_refused() {
             cmdline: "",
             mem_size: 1 << 20,
             machine: &Machine::new(0),
+            legacy: true,
             phases: None,
         },
     )
@@ -694,4 +696,48 @@ fn configure_vcpu_without_irqchip_says_so() {
     let mem = guest_mem(16 << 20);
     let err = configure_vcpu(&kvm, &vcpu, 0, 1, &entries()[1], &mem).unwrap_err();
     assert!(err.to_string().contains("irqchip"), "{err}");
+}
+
+/// A trigger that raises nothing (the device tables only).
+struct NoIrq;
+impl vm_superio::Trigger for NoIrq {
+    type E = std::io::Error;
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
+    }
+}
+
+/// The port devices with and without the legacy ones, and the IRQ lines they asked for.
+fn port_devices(legacy: bool) -> (Vec<String>, Vec<u32>) {
+    let pio = crate::bus::Bus::new(crate::bus::BusKind::Pio);
+    let mmio = crate::bus::Bus::new(crate::bus::BusKind::Mmio);
+    let mut lines = Vec::new();
+    register_devices(
+        &pio,
+        &mmio,
+        |n| {
+            lines.push(n);
+            Ok::<_, crate::bus::BusError>(NoIrq)
+        },
+        Box::new(std::io::sink()),
+        Box::new(std::io::sink()),
+        legacy,
+    )
+    .unwrap();
+    (pio.map().into_iter().map(|e| e.device).collect(), lines)
+}
+
+#[test]
+fn no_legacy_drops_the_i8042_and_keeps_the_rest() {
+    let (with, with_irqs) = port_devices(true);
+    let (without, without_irqs) = port_devices(false);
+    assert!(with.iter().any(|d| d == "i8042"));
+    assert!(!without.iter().any(|d| d == "i8042"));
+    assert_eq!(with.len(), without.len() + 1);
+    for d in ["serial0", "rtc", "acpi-pm", "pvpanic"] {
+        assert!(without.iter().any(|x| x == d), "{d}");
+    }
+    assert!(with_irqs.contains(&I8042_KBD_IRQ));
+    assert!(!without_irqs.contains(&I8042_KBD_IRQ), "no IRQ 1 irqfd");
+    assert!(without_irqs.contains(&COM1_IRQ));
 }
