@@ -68,7 +68,8 @@ fn stock_vmlinux_prints_banner_and_command_line() {
     );
     assert!(
         out.stdout.contains(&format!(
-            "Command line: earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}"
+            // trapvisor's hint for Linux (arch::x86_64::linux_cmdline) comes first.
+            "Command line: pci=noearly earlyprintk=ttyS0 console=ttyS0 panic=-1 {marker}"
         )),
         "{}",
         out.dump()

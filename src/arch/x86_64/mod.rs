@@ -131,6 +131,33 @@ pub enum BootEntry {
     RealMode { cs: u16, ip: u16 },
 }
 
+/// The hint trapvisor gives a Linux kernel (see [`linux_cmdline`]).
+pub const PCI_HINT: &str = "pci=noearly";
+
+/// A Linux kernel's command line with trapvisor's hint in front: `pci=noearly`, unless the
+/// command line has a `pci=` parameter of its own (before a `--`: what follows is init's).
+///
+/// Linux's early PCI code reads config space through conf1 before the PCI subsystem exists: the
+/// early quirks (for host chipsets: none applies to trapvisor's bus 0) and, on AMD CPUs of
+/// families 0xf to 0x12 and early 0x15, the GART aperture checks, which read the class of every
+/// slot of all 256 buses twice (`search_agp_bridge`): 16,400 conf1 reads, 33,900 exits, the
+/// boot's largest cost in the nested test setup (QEMU's TCG presents family 0xf; see
+/// docs/nested.md, boot benchmark). `pci=noearly` skips all of it; the PCI subsystem probes the
+/// bus as before (and sets up ECAM later). Firecracker's `pci=off` skips it too.
+pub fn linux_cmdline(cmdline: &str) -> std::borrow::Cow<'_, str> {
+    let has_pci = cmdline
+        .split_ascii_whitespace()
+        .take_while(|w| *w != "--")
+        .any(|w| w.starts_with("pci="));
+    if has_pci {
+        std::borrow::Cow::Borrowed(cmdline)
+    } else if cmdline.is_empty() {
+        std::borrow::Cow::Borrowed(PCI_HINT)
+    } else {
+        std::borrow::Cow::Owned(format!("{PCI_HINT} {cmdline}"))
+    }
+}
+
 /// After the RAM slots, before any vCPU: KVM's TSS and identity-map pages, the in-kernel
 /// irqchip (IOAPIC, PIC, and a local APIC per vCPU created later) and, with `legacy`, the PIT
 /// (Linux never programs it here: with a hardware-reduced FADT it sets up no PIT timer).
@@ -210,7 +237,13 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         return Err(ArchError::NoVcpus);
     }
 
-    // Checked before anything is written, so a bad command line fails fast.
+    // A Linux kernel's gets trapvisor's hints (`linux_cmdline`). Checked before anything is
+    // written, so a bad command line fails fast.
+    let hinted = match kernel {
+        KernelSource::File(_) => linux_cmdline(cmdline),
+        _ => std::borrow::Cow::Borrowed(cmdline),
+    };
+    let cmdline: &str = &hinted;
     let cmdline_size = loader::check_cmdline(cmdline)?;
 
     match kernel {

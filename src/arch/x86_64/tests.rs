@@ -230,12 +230,13 @@ fn elf_file_with_pvh_note_boots_pvh_and_without_boots_linux64() {
     assert_eq!({ p.hdr.header }, 0x5372_6448);
     assert_eq!({ p.hdr.type_of_loader }, 0xff);
     assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
-    assert_eq!({ p.hdr.cmdline_size }, 6);
+    // "pci=noearly " (linux_cmdline's hint) + the 5-byte command line + NUL.
+    assert_eq!({ p.hdr.cmdline_size }, 12 + 6);
     assert_eq!({ p.hdr.ramdisk_image }, (64 << 20) - 4096);
     assert_eq!({ p.hdr.ramdisk_size }, 4096);
     assert_eq!({ p.acpi_rsdp_addr }, RSDP_START);
     assert_eq!(p.e820_entries, 4);
-    assert_eq!(read_cmdline(&mem), "quiet");
+    assert_eq!(read_cmdline(&mem), "pci=noearly quiet");
 }
 
 #[test]
@@ -268,7 +269,8 @@ fn bzimage_boots_at_its_64bit_entry() {
     assert_eq!({ p.hdr.code32_start }, HIGH_RAM_START as u32);
     assert_eq!({ p.hdr.type_of_loader }, 0xff);
     assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
-    assert_eq!({ p.hdr.cmdline_size }, 14);
+    // "pci=noearly " (linux_cmdline's hint) + the 13-byte command line + NUL.
+    assert_eq!({ p.hdr.cmdline_size }, 12 + 14);
     assert_eq!({ p.hdr.ramdisk_size }, 0x2345);
     assert_eq!({ p.hdr.ramdisk_image }, ((256u32 << 20) - 0x2345) & !0xfff);
     assert_eq!({ p.acpi_rsdp_addr }, RSDP_START);
@@ -740,4 +742,72 @@ fn no_legacy_drops_the_i8042_and_keeps_the_rest() {
     assert!(with_irqs.contains(&I8042_KBD_IRQ));
     assert!(!without_irqs.contains(&I8042_KBD_IRQ), "no IRQ 1 irqfd");
     assert!(without_irqs.contains(&COM1_IRQ));
+}
+
+#[test]
+fn linux_gets_the_pci_hint_unless_it_has_a_pci_parameter() {
+    assert_eq!(linux_cmdline(""), "pci=noearly");
+    assert_eq!(
+        linux_cmdline("console=ttyS0 quiet"),
+        "pci=noearly console=ttyS0 quiet"
+    );
+    for own in [
+        "pci=off",
+        "console=ttyS0 pci=earlydump,nocrs",
+        "  pci=conf1",
+    ] {
+        assert_eq!(linux_cmdline(own), own, "the user's pci= wins");
+    }
+    // After "--" the words are init's: a pci= there is not the kernel's.
+    assert_eq!(linux_cmdline("ro -- pci=x"), "pci=noearly ro -- pci=x");
+    // A word that only contains "pci=" is no pci= parameter.
+    assert_eq!(
+        linux_cmdline("foo.pci=1 xpci=2"),
+        "pci=noearly foo.pci=1 xpci=2"
+    );
+}
+
+#[test]
+fn the_hint_reaches_a_linux_kernel_but_not_the_builtin_guest() {
+    let read_cmdline = |mem: &GuestMemoryMmap| {
+        let mut b = vec![0u8; 64];
+        mem.read_slice(&mut b, GuestAddress(CMDLINE_START)).unwrap();
+        let end = b.iter().position(|&c| c == 0).unwrap();
+        String::from_utf8(b[..end].to_vec()).unwrap()
+    };
+    // The built-in guest (an ELF in memory): its commands as given.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    load_kernel(
+        &mem,
+        BootConfig {
+            kernel: KernelSource::Builtin(crate::guest::GUEST_IMAGE),
+            initrd: None,
+            cmdline: "hello",
+            mem_size: 64 << 20,
+            machine: &Machine::new(1),
+            legacy: true,
+            phases: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(read_cmdline(&mem), "hello");
+    // The same ELF from a file is taken for a Linux kernel: hinted.
+    let mut f = TempFile::new().unwrap().into_file();
+    f.write_all(crate::guest::GUEST_IMAGE).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    load_kernel(
+        &mem,
+        BootConfig {
+            kernel: KernelSource::File(&mut f),
+            initrd: None,
+            cmdline: "console=ttyS0",
+            mem_size: 64 << 20,
+            machine: &Machine::new(1),
+            legacy: true,
+            phases: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(read_cmdline(&mem), "pci=noearly console=ttyS0");
 }
