@@ -44,7 +44,7 @@
 # DIR/boot.tsv (every figure), DIR/results/NAME/ (consoles, stderr with --stats).
 # --report only prints the tables of an earlier run's results.
 # Hold the machine's L1 lock when others share the machine:
-#   flock /work/.locks/l1 scripts/nested/boot-bench.sh   (any lock file of your own elsewhere)
+#   flock LOCKFILE scripts/nested/boot-bench.sh   (the lock file the machine's users share)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/scripts/nested"
