@@ -18,6 +18,7 @@ pub mod kvm;
 pub mod net;
 pub mod pci;
 pub mod seccomp;
+pub mod sys;
 pub mod trace;
 pub mod userfile;
 pub mod virtio;

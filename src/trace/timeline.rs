@@ -147,8 +147,7 @@ impl Timeline {
                 inner.threads.insert(current.id(), tid);
                 let name = current.name().unwrap_or("thread").to_string();
                 inner.names.push(name);
-                // SAFETY: gettid has no arguments and cannot fail.
-                let os_tid = unsafe { libc::gettid() } as u32;
+                let os_tid = crate::sys::gettid();
                 inner.os_tids.insert(os_tid, tid);
                 tid
             }

@@ -44,16 +44,11 @@ impl EntropySource for Getrandom {
         let mut done = 0;
         while done < buf.len() {
             let rest = &mut buf[done..];
-            // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which we own.
-            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match crate::sys::getrandom(rest, 0) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            done += n as usize;
         }
         Ok(())
     }

@@ -346,8 +346,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         _ => None,
     };
     let mut seed = [0u8; 32];
-    // SAFETY: getrandom writes at most `seed.len()` bytes into the buffer given.
-    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
+    let got = crate::sys::getrandom(&mut seed, libc::GRND_NONBLOCK).ok();
     let blob = fdt::build(&FdtConfig {
         mem_size,
         mpidrs: &machine.mpidrs,
@@ -355,11 +354,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEnt
         initrd,
         its: machine.its,
         pmu: machine.pmu,
-        rng_seed: if got == seed.len() as isize {
-            &seed
-        } else {
-            &[]
-        },
+        rng_seed: if got == Some(seed.len()) { &seed } else { &[] },
     })?;
     mem.write_slice(&blob, GuestAddress(plan.fdt))
         .map_err(mem_err("the device tree"))?;

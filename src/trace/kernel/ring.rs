@@ -27,8 +27,7 @@ pub struct ThreadRing {
 
 /// The calling thread's id.
 pub fn gettid() -> u32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() as u32 }
+    crate::sys::gettid()
 }
 
 fn builder(id: u64, tid: Option<u32>) -> Builder<'static> {
