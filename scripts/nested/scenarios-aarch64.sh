@@ -24,12 +24,6 @@ expect l1-kvm gicv3-its 'ITS@0x[0-9a-f]+: allocated'
 # the kernel's errors on the console (every console byte is a trap through two levels).
 l2_cmdline="console=ttyS0 panic=-1 loglevel=4"
 l2=(--initrd "$KIT/l2.cpio.gz" --memory 512M)
-# A known failure: XFAIL keeps CI green and XPASS says when its xfail line should go.
-# Under L1's KVM the built-in guest's own ITS set-up delivers no LPI (rng: interrupts=0, and
-# net.ping counts irqs=0 while it polls), whereas Linux as L2 on the same VMM gets its MSI-X
-# through the ITS (l2-net: ITS-MSI counts); QEMU's TCG ITS delivers the guest's LPIs.
-guest_lpis="the built-in guest's LPIs do not arrive under KVM's vITS (Linux's do)"
-
 # --- the built-in guest (its aarch64 build, embedded in the aarch64 trapvisor) ---------------------
 # Or, with NESTED_GUEST_IMAGE=NAME in the environment and the file given to run.sh with --add, that
 # image booted with --kernel (a guest build tried on a VMM built without it).
@@ -62,7 +56,6 @@ for path in ioeventfd,irqfd ioeventfd,msi exit,irqfd exit,msi; do
     expect "$n" its '^rng: queue 0 .* msi-x entry 0 -> its lpi [0-9]+ event 0x40'
     expect "$n" interrupt '^rng: interrupts=[1-9]'
     expect "$n" pass 'guest reported PASS'
-    xfail "$n" "$guest_lpis"
 done
 
 # The guest's own virtio-net driver: 20 pings to L1 over a TAP.

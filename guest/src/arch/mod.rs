@@ -8,7 +8,7 @@
 //! | `cpu` | `mmio_{read,write}{8,16,32}`, `pause`, `halt_forever` |
 //! | `time` | `ticks` (the clock), `ticks_khz`, `source`, `COUNTER`, `calibrate`, `deadline_us`, `passed` |
 //! | `irq` | `INTERRUPTS`, `count(vector)`, `TIMER_VECTOR`, `timer_periodic`, `timer_stop`, `halt_until_interrupt`, `wait_until` |
-//! | `msi` | `message(bdf, vector)`: the MSI that raises `vector` on this CPU; `describe` |
+//! | `msi` | `message(bdf, vector)`: the MSI that raises `vector` on this CPU; `describe`; `state(vector)`: what the interrupt controller says of it |
 //! | `paging` | `map_uncached` for device MMIO, `dma_addr`: the physical address of a buffer handed to a device |
 //! | `pci` | `platform(info)`: ECAM and BAR windows; `legacy_read`/`legacy_write`, `LEGACY` |
 //! | `serial` | `print_line`, `print_bytes_line`, `print_line_unlocked` |

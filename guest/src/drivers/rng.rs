@@ -179,6 +179,7 @@ fn drive(f: &Function) -> Result<(), &'static str> {
             ticks,
             t.status()
         );
+        println!("rng: irq state {}", crate::arch::msi::state(RNG_VECTOR));
         t.reset()?;
         return Err(e);
     }

@@ -8,9 +8,10 @@
 //! `lpis` (on first use by `msi`) sets up LPIs and the ITS: a property table (one byte per LPI
 //! 8192..16383: priority 0xa0, enable) and a zeroed pending table at the redistributor
 //! (PROPBASER, PENDBASER, then EnableLPIs); at the ITS one flat page of device table and of
-//! collection table (GITS_BASERn), a 4 KiB command queue (CBASER), then MAPC (collection 0 →
-//! this redistributor) and SYNC. `map` adds one event of one device: MAPD (once per device,
-//! with a 256-event ITT), MAPTI (event → LPI, collection 0), INV, SYNC.
+//! collection table (GITS_BASERn), a 4 KiB command queue (CBASER, 64 KiB aligned: KVM ignores
+//! its address bits 15:12), every address read back; then MAPC (collection 0 → this
+//! redistributor) and SYNC. `map` adds one event of one device: MAPD (once per device, with a
+//! 256-event ITT), MAPTI (event → LPI, collection 0), INV, SYNC.
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -57,6 +58,10 @@ const ITS_CACHE_WB: u64 = 0b111 << 59;
 const RD_CACHE_WB: u64 = 0b111 << 7;
 const SHARE_INNER: u64 = 0b01 << 10;
 const PENDBASER_PTZ: u64 = 1 << 62;
+/// The physical address fields of PROPBASER, PENDBASER and CBASER (51:12), and of GITS_BASERn
+/// (47:12; with 64 KiB pages bits 15:12 hold address bits 51:48, zero here).
+const ADDR_51_12: u64 = 0x000f_ffff_ffff_f000;
+const ADDR_47_12: u64 = 0x0000_ffff_ffff_f000;
 /// The first LPI, and the LPI INTID bits used (LPIs 8192..16383).
 pub const LPI_BASE: u32 = 8192;
 const LPI_ID_BITS: u32 = 14;
@@ -67,27 +72,41 @@ const MAX_DEVICES: usize = 12;
 const PRIORITY: u8 = 0xa0;
 const TIMEOUT_US: u64 = 200_000;
 
-/// The LPI and ITS memory: pending table (64 KiB-aligned), property table, command queue and
-/// one ITT per device; then the device and collection tables (64 KiB each, so that any ITS page
-/// size fits one page).
+/// The LPI and ITS memory. KVM's ITS takes the pending table's and the command queue's addresses
+/// as 64 KiB aligned (it clears bits 15:12 of GICR_PENDBASER's and GITS_CBASER's address, which
+/// the architecture allows to be only 4 KiB aligned), and the device and collection tables are
+/// one 64 KiB ITS page each: those four start on 64 KiB boundaries; the property table and one
+/// ITT per device fill the rest of the first 64 KiB.
 #[repr(C, align(65536))]
 struct ItsMemory {
     pending: [u8; 4096],
     props: [u8; 8192],
-    commands: [u8; 4096],
     itt: [[u8; 4096]; MAX_DEVICES],
+    _pad: [u8; ITS_PAD],
     devices: [u8; 65536],
     collections: [u8; 65536],
+    commands: [u8; 4096],
 }
+
+const ITS_PAD: usize = 65536 - 4096 - 8192 - 4096 * MAX_DEVICES;
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(ItsMemory, pending) % 65536 == 0);
+    assert!(offset_of!(ItsMemory, props) % 4096 == 0);
+    assert!(offset_of!(ItsMemory, devices) % 65536 == 0);
+    assert!(offset_of!(ItsMemory, collections) % 65536 == 0);
+    assert!(offset_of!(ItsMemory, commands) % 65536 == 0);
+};
 
 #[link_section = ".noinit.align64k"]
 static MEM: Global<ItsMemory> = Global::new(ItsMemory {
     pending: [0; 4096],
     props: [0; 8192],
-    commands: [0; 4096],
     itt: [[0; 4096]; MAX_DEVICES],
+    _pad: [0; ITS_PAD],
     devices: [0; 65536],
     collections: [0; 65536],
+    commands: [0; 4096],
 });
 
 static DIST: AtomicU64 = AtomicU64::new(0);
@@ -279,6 +298,14 @@ fn lpis(its: u64) -> Result<(), &'static str> {
         rd + GICR_PENDBASER,
         pending | RD_CACHE_WB | SHARE_INNER | PENDBASER_PTZ,
     );
+    // A GIC may keep fewer address bits than were written (KVM keeps the pending table's
+    // 64 KiB aligned): the tables must be where it reads them.
+    if rd64(rd + GICR_PROPBASER) & ADDR_51_12 != props {
+        return Err("the redistributor moved the LPI property table (GICR_PROPBASER)");
+    }
+    if rd64(rd + GICR_PENDBASER) & ADDR_51_12 != pending {
+        return Err("the redistributor moved the LPI pending table (GICR_PENDBASER)");
+    }
     wr32(rd + GICR_CTLR, rd32(rd + GICR_CTLR) | 1); // EnableLPIs
 
     if rd32(its + GITS_CTLR) & 1 != 0 {
@@ -307,6 +334,9 @@ fn lpis(its: u64) -> Result<(), &'static str> {
         if got & BASER_VALID == 0 {
             return Err("the ITS refused a table (GITS_BASER)");
         }
+        if got & ADDR_47_12 != table {
+            return Err("the ITS moved a table (GITS_BASER)");
+        }
         if kind == 1 {
             let page = match (got >> 8) & 3 {
                 0 => 4096,
@@ -320,6 +350,9 @@ fn lpis(its: u64) -> Result<(), &'static str> {
         its + GITS_CBASER,
         BASER_VALID | ITS_CACHE_WB | SHARE_INNER | commands,
     );
+    if rd64(its + GITS_CBASER) & ADDR_51_12 != commands {
+        return Err("the ITS moved the command queue (GITS_CBASER)");
+    }
     wr64(its + GITS_CWRITER, 0);
     wr32(its + GITS_CTLR, 1);
     let rdbase = if pta {
@@ -435,4 +468,91 @@ pub fn map(its: u64, devid: u32, event: u32) -> Result<u32, &'static str> {
         mapped[word] |= bit;
     }
     Ok(intid)
+}
+
+/// One line of what the GIC says about LPI delivery (for a driver whose MSI never came): the
+/// redistributor's LPI registers, the ITS's state and command queue, the property byte of
+/// `event`'s LPI, and the CPU interface (mask, group enable, highest pending, running priority).
+pub fn lpi_state(event: u32) -> LpiState {
+    let rd = RD.load(Ordering::Relaxed);
+    let its = ITS.lock().as_ref().map(|i| i.base);
+    let m = MEM.get();
+    let prop = if event < 8192 {
+        // SAFETY: reading one byte of this module's property table.
+        unsafe {
+            (core::ptr::addr_of!((*m).props) as *const u8)
+                .add(event as usize)
+                .read_volatile()
+        }
+    } else {
+        0
+    };
+    let (pmr, igrpen1, hppir1, rpr, isr, daif): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: reads of CPU interface and PSTATE registers, which have no side effect.
+    unsafe {
+        asm!(
+            "mrs {0}, ICC_PMR_EL1",
+            "mrs {1}, ICC_IGRPEN1_EL1",
+            "mrs {2}, ICC_HPPIR1_EL1",
+            "mrs {3}, ICC_RPR_EL1",
+            "mrs {4}, isr_el1",
+            "mrs {5}, daif",
+            out(reg) pmr, out(reg) igrpen1, out(reg) hppir1, out(reg) rpr, out(reg) isr,
+            out(reg) daif, options(nomem, nostack)
+        )
+    }
+    LpiState {
+        gicr: if rd == 0 {
+            [0; 3]
+        } else {
+            [
+                u64::from(rd32(rd + GICR_CTLR)),
+                rd64(rd + GICR_PROPBASER),
+                rd64(rd + GICR_PENDBASER),
+            ]
+        },
+        gits: its.map(|b| {
+            [
+                u64::from(rd32(b + GITS_CTLR)),
+                rd64(b + GITS_CBASER),
+                rd64(b + GITS_CWRITER),
+                rd64(b + GITS_CREADR),
+                rd64(b + GITS_BASER),
+                rd64(b + GITS_BASER + 8),
+            ]
+        }),
+        prop,
+        icc: [pmr, igrpen1, hppir1, rpr, isr, daif],
+    }
+}
+
+/// What [`lpi_state`] read.
+pub struct LpiState {
+    gicr: [u64; 3],
+    gits: Option<[u64; 6]>,
+    prop: u8,
+    icc: [u64; 6],
+}
+
+impl core::fmt::Display for LpiState {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        let [ctlr, prop, pend] = self.gicr;
+        write!(
+            f,
+            "gicr ctlr={ctlr:#x} propbaser={prop:#x} pendbaser={pend:#x}"
+        )?;
+        match self.gits {
+            Some([ctlr, cbaser, cwriter, creadr, b0, b1]) => write!(
+                f,
+                " gits ctlr={ctlr:#x} cbaser={cbaser:#x} cwriter={cwriter:#x} creadr={creadr:#x} baser0={b0:#x} baser1={b1:#x}"
+            )?,
+            None => write!(f, " gits none")?,
+        }
+        let [pmr, igrpen1, hppir1, rpr, isr, daif] = self.icc;
+        write!(
+            f,
+            " lpi_prop={:#x} icc pmr={pmr:#x} igrpen1={igrpen1:#x} hppir1={hppir1:#x} rpr={rpr:#x} isr={isr:#x} daif={daif:#x}",
+            self.prop
+        )
+    }
 }

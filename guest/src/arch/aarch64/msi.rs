@@ -62,3 +62,9 @@ pub fn message(bdf: Bdf, vector: u8) -> Result<Message, &'static str> {
 pub fn describe(m: &Message, f: &mut fmt::Formatter) -> fmt::Result {
     write!(f, "its lpi {} event {:#x}", m.target, m.data)
 }
+
+/// What the GIC says about `vector`'s LPI (for a driver whose MSI never came): see
+/// [`gic::lpi_state`].
+pub fn state(vector: u8) -> impl fmt::Display {
+    gic::lpi_state(u32::from(vector))
+}

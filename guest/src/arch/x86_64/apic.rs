@@ -13,6 +13,8 @@ const REG_ID: u32 = 0x20;
 const REG_TPR: u32 = 0x80;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
+const REG_ISR: u32 = 0x100;
+const REG_IRR: u32 = 0x200;
 const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
@@ -89,6 +91,18 @@ pub fn init_bsp() {
     write(REG_LVT_LINT0, LVT_MASKED);
     write(REG_LVT_ERROR, LVT_MASKED);
     write(REG_SVR, SVR_ENABLE | u32::from(super::idt::SPURIOUS_VECTOR));
+}
+
+/// Whether `vector` is requested (IRR) and in service (ISR) at this CPU's APIC, and the task
+/// priority and spurious-vector registers: what decides whether it is delivered.
+pub fn vector_state(vector: u8) -> (bool, bool, u32, u32) {
+    let (word, bit) = (u32::from(vector / 32) * 0x10, 1 << (vector % 32));
+    (
+        read(REG_IRR + word) & bit != 0,
+        read(REG_ISR + word) & bit != 0,
+        read(REG_TPR),
+        read(REG_SVR),
+    )
 }
 
 /// This CPU's APIC ID (from the APIC).

@@ -25,3 +25,37 @@ pub fn message(_bdf: Bdf, vector: u8) -> Result<Message, &'static str> {
 pub fn describe(m: &Message, f: &mut fmt::Formatter) -> fmt::Result {
     write!(f, "apic {} vector {:#x}", m.target, m.data)
 }
+
+/// What the local APIC says about `vector` (for a driver whose MSI never came).
+pub fn state(vector: u8) -> impl fmt::Display {
+    let (irr, isr, tpr, svr) = apic::vector_state(vector);
+    State {
+        vector,
+        irr,
+        isr,
+        tpr,
+        svr,
+    }
+}
+
+struct State {
+    vector: u8,
+    irr: bool,
+    isr: bool,
+    tpr: u32,
+    svr: u32,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "lapic vector {:#x} irr={} isr={} tpr={:#x} svr={:#x}",
+            self.vector,
+            u8::from(self.irr),
+            u8::from(self.isr),
+            self.tpr,
+            self.svr
+        )
+    }
+}
