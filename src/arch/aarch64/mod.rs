@@ -1,7 +1,7 @@
 //! aarch64: memory layout, the GICv3 with its ITS, vCPU init (PSCI 0.2, PMU), the arm64
 //! `Image` and its device tree, the MMIO platform devices.
 //!
-//! The pure parts (`layout`, `fdt`, `image`, `devices`, `irq`, `seccomp`) build on every host,
+//! The pure parts (`layout`, `fdt`, `image`, `devices`, `irq`, `regs`, `seccomp`) build on every host,
 //! so that their unit tests run on x86_64 too; `vcpu` (KVM's arm64-only ioctls: vCPU init, the
 //! GIC device, one-reg access) builds only on aarch64.
 //!
@@ -20,6 +20,7 @@ pub mod fdt;
 pub mod image;
 pub mod irq;
 pub mod layout;
+pub mod regs;
 pub mod seccomp;
 #[cfg(target_arch = "aarch64")]
 mod vcpu;
@@ -209,4 +210,62 @@ pub fn map_lines(machine: &Machine, entry: &BootEntry) -> Vec<MapLine> {
         "guest RAM: X0 of the boot vCPU",
     ));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::*;
+    use super::*;
+
+    #[test]
+    fn the_command_line_fits_arm64s_limit_with_its_nul() {
+        assert!(check_cmdline("").is_ok());
+        assert!(check_cmdline(&"a".repeat(CMDLINE_MAX_SIZE - 1)).is_ok());
+        assert!(matches!(
+            check_cmdline(&"a".repeat(CMDLINE_MAX_SIZE)),
+            Err(ArchError::CmdlineTooLong { len, max: CMDLINE_MAX_SIZE }) if len == CMDLINE_MAX_SIZE + 1
+        ));
+        assert!(matches!(
+            check_cmdline("console=ttyS0\0init=/x"),
+            Err(ArchError::CmdlineNul)
+        ));
+    }
+
+    fn machine(n: u8, its: bool) -> Machine {
+        Machine {
+            mpidrs: (0..u64::from(n)).collect(),
+            its,
+            ..Machine::default()
+        }
+    }
+
+    #[test]
+    fn the_map_names_the_gic_frames_the_kernel_and_the_fdt() {
+        let entry = BootEntry {
+            pc: 0x8000_0000,
+            fdt: 0x8fe0_0000,
+            fdt_size: 0x89e,
+        };
+        for n in [1u8, 2, 4, MAX_VCPUS] {
+            let lines = map_lines(&machine(n, true), &entry);
+            let get = |name: &str| lines.iter().find(|l| l.name == name).unwrap();
+            let its = get("gic-its");
+            assert_eq!((its.base, its.size), (gic_its_start(n), GIC_ITS_SIZE));
+            let rd = get("gic-redist");
+            // One redistributor per vCPU, ending at the distributor; the ITS right below.
+            assert_eq!(rd.base, gic_redist_start(n));
+            assert_eq!(rd.size, GIC_REDIST_SIZE * u64::from(n));
+            assert_eq!(rd.base + rd.size, GIC_DIST_START);
+            assert_eq!(its.base + its.size, rd.base);
+            let dist = get("gic-dist");
+            assert_eq!((dist.base, dist.size), (GIC_DIST_START, GIC_DIST_SIZE));
+            assert_eq!(get("kernel").base, 0x8000_0000);
+            let fdt = get("fdt");
+            assert_eq!((fdt.base, fdt.size), (0x8fe0_0000, 0x89e));
+        }
+        // Without an ITS (KVM made none) there is no ITS line.
+        let lines = map_lines(&machine(2, false), &entry);
+        assert!(lines.iter().all(|l| l.name != "gic-its"));
+        assert_eq!(lines.len(), 4);
+    }
 }

@@ -11,7 +11,6 @@ use kvm_bindings::{
     KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT, KVM_ARM_VCPU_PMU_V3_IRQ,
     KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
     KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
-    KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64,
     KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{Cap, DeviceFd, Kvm, VcpuFd, VmFd};
@@ -22,43 +21,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 use super::fdt::{self, FdtConfig};
 use super::image;
 use super::layout::*;
+use super::regs::*;
 use super::{check_cmdline, kvm_err, mem_err, ArchError, BootEntry, Machine, MAX_VCPUS};
 use crate::arch::{BootConfig, KernelSource};
-
-/// `PSR_MODE_EL1h | PSR_A_BIT | PSR_F_BIT | PSR_I_BIT | PSR_D_BIT`: EL1 with SP_EL1, every
-/// exception masked (booting.rst).
-const PSTATE_EL1H_MASKED: u64 = 0x3c5;
-
-/// A core register's id: its offset in `struct kvm_regs`, in 32-bit words.
-const fn core_reg(offset_bytes: u64) -> u64 {
-    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset_bytes / 4)
-}
-
-/// `kvm_regs` starts with `user_pt_regs`: x0..x30, sp, pc, pstate; then sp_el1, elr_el1.
-const fn xreg(n: u64) -> u64 {
-    core_reg(n * 8)
-}
-const REG_SP: u64 = core_reg(31 * 8);
-const REG_PC: u64 = core_reg(32 * 8);
-const REG_PSTATE: u64 = core_reg(33 * 8);
-const REG_SP_EL1: u64 = core_reg(34 * 8);
-const REG_ELR_EL1: u64 = core_reg(35 * 8);
-
-/// A system register's id from its encoding (op0, op1, CRn, CRm, op2).
-const fn sysreg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
-    KVM_REG_ARM64
-        | KVM_REG_SIZE_U64
-        | KVM_REG_ARM64_SYSREG as u64
-        | op0 << 14
-        | op1 << 11
-        | crn << 7
-        | crm << 3
-        | op2
-}
-const REG_MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
-const REG_ESR_EL1: u64 = sysreg(3, 0, 5, 2, 0);
-const REG_FAR_EL1: u64 = sysreg(3, 0, 6, 0, 0);
-const REG_SCTLR_EL1: u64 = sysreg(3, 0, 1, 0, 0);
 
 fn get_reg(vcpu: &VcpuFd, id: u64) -> Result<u64, kvm_ioctls::Error> {
     let mut b = [0u8; 8];
@@ -235,9 +200,9 @@ pub fn setup_vcpus(_kvm: &Kvm, vm: &VmFd, vcpus: &[VcpuFd]) -> Result<Machine, A
     })
 }
 
-/// The boot vCPU (`id` 0) starts at the Image's first byte with X0 = the FDT, X1..X3 = 0, at
-/// EL1h with every exception masked. The others wait, powered off, for the guest's PSCI
-/// CPU_ON, which KVM handles (and which sets their PC and X0 itself).
+/// Writes [`boot_regs`]: the boot vCPU (`id` 0) starts at the Image's first byte with X0 = the
+/// FDT, X1..X3 = 0, at EL1h with every exception masked; the others wait, powered off, for the
+/// guest's PSCI CPU_ON.
 pub fn configure_vcpu(
     _kvm: &Kvm,
     vcpu: &VcpuFd,
@@ -246,25 +211,8 @@ pub fn configure_vcpu(
     entry: &BootEntry,
     _mem: &GuestMemoryMmap,
 ) -> Result<(), ArchError> {
-    if nr_cpus == 0 {
-        return Err(ArchError::NoVcpus);
-    }
-    if id >= nr_cpus {
-        return Err(ArchError::VcpuId { id, nr_cpus });
-    }
-    if id != 0 {
-        return Ok(());
-    }
-    set_reg(
-        vcpu,
-        REG_PSTATE,
-        PSTATE_EL1H_MASKED,
-        "KVM_SET_ONE_REG (PSTATE)",
-    )?;
-    set_reg(vcpu, REG_PC, entry.pc, "KVM_SET_ONE_REG (PC)")?;
-    set_reg(vcpu, xreg(0), entry.fdt, "KVM_SET_ONE_REG (X0)")?;
-    for n in 1..4 {
-        set_reg(vcpu, xreg(n), 0, "KVM_SET_ONE_REG (X1-X3)")?;
+    for (reg, value, what) in boot_regs(id, nr_cpus, entry)? {
+        set_reg(vcpu, reg, value, what)?;
     }
     Ok(())
 }
