@@ -42,6 +42,7 @@ fuzz_target!(|accesses: Vec<Access>| {
         |_| Ok::<_, BusError>(NoIrq),
         Box::new(sink()),
         Box::new(sink()),
+        true, // the legacy devices too: the larger set
     )
     .unwrap();
     let buses = Buses::new(&pio, &mmio);
