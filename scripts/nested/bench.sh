@@ -25,7 +25,7 @@
 # trapvisor run's exit table and device counters (--stats) are in DIR/results/NAME/stderr.
 # --report only prints the table of an earlier run's results (DIR/results).
 # Hold the machine's L1 lock around it when others share the machine:
-#   flock /work/.locks/l1 scripts/nested/bench.sh   (any lock file of your own elsewhere)
+#   flock LOCKFILE scripts/nested/bench.sh   (a lock file every L1 user on the machine agrees on)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/scripts/nested"
