@@ -274,6 +274,8 @@ impl Blk {
         let n = usize::from(cfg.queues.max(1));
         let capacity = image.as_ref().map_or(capacity, |i| i.capacity);
         let direct_align = image.as_ref().and_then(|i| i.direct_align);
+        // Engines of one's choosing (tests, fuzzing) take every request.
+        let holes = image.as_ref().is_none_or(|i| i.holes);
         let mut queues = Vec::with_capacity(n);
         let mut engine_name = "none";
         let mut engines = engines.map(Vec::into_iter);
@@ -301,7 +303,7 @@ impl Blk {
             | feature(VIRTIO_RING_F_INDIRECT_DESC);
         if cfg.readonly {
             features |= feature(VIRTIO_BLK_F_RO);
-        } else {
+        } else if holes {
             features |= feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
         }
         if n > 1 {

@@ -381,3 +381,33 @@ fn config_space() {
     r.dev.read_config(u64::MAX - 2, &mut past);
     assert_eq!(past, [0; 8]);
 }
+
+#[test]
+fn discard_and_write_zeroes_are_offered_only_where_holes_can_be_punched() {
+    // The probe punches past the end: the file's bytes and size stay as they were.
+    let path = file_image("holes", 9);
+    let data: Vec<u8> = (0..9 * 512).map(|k| (k * 7) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let holes = super::image::can_punch_holes(&f, data.len() as u64);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        data,
+        "the probe changed the file"
+    );
+    // The device offers the two commands exactly when the probe says yes (the temp dir's file
+    // system decides which; 9p and FUSE ones without fallocate say no).
+    let dev = Blk::new(&DiskConfig::new(&path)).unwrap();
+    let both = feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
+    assert_eq!(dev.features() & both, if holes { both } else { 0 });
+    // Read-only: never (and no probe that would need write access).
+    drop(dev);
+    let mut ro = DiskConfig::new(&path);
+    ro.readonly = true;
+    assert_eq!(Blk::new(&ro).unwrap().features() & both, 0);
+    std::fs::remove_file(&path).unwrap();
+}
