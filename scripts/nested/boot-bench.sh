@@ -153,8 +153,9 @@ cmd="console=ttyS0 panic=-1 loglevel=$loglevel l2.boot=1"
 boot() {
     local name=$1 kind=$2 c="$BB_CMD $3" mib=${BB_MEM%M} bin=$TRAPVISOR vargs=
     # Every VMM reads the kernel and the initramfs from L1's RAM (its tmpfs /tmp), copied there
-    # before the first boot's clock starts: read over 9p from the host, trapvisor's kernel
-    # load took 0.05-2.3 s from one boot to the next, which was the host's I/O, not the VMM.
+    # before the first boot's clock starts, so that no VMM's time holds reads over 9p from the
+    # host. (trapvisor's kernel load still swings 0.05-2.9 s from boot to boot from tmpfs: the
+    # emulated L1, see docs/nested.md, "Against Firecracker".)
     local pre="mkdir -p /tmp/bb-kit && for f in vmlinux vmlinuz l2.cpio.gz; do [ -s /tmp/bb-kit/\$f ] || cp -L '$KIT'/\$f /tmp/bb-kit/ || exit 1; done; exec \"\$@\""
     local KIT=/tmp/bb-kit
     [ "$mib" != "$BB_MEM" ] || mib=$((${BB_MEM%G} * 1024))

@@ -648,8 +648,9 @@ mod tests {
     #[test]
     fn a_kernel_time_and_the_same_moment_on_the_instant_clock_land_together() {
         // The two clocks are one (CLOCK_MONOTONIC): a reading of each, taken back to back,
-        // must map to within a few microseconds of each other (the origin's bracket was
-        // narrowed to the best of several tries).
+        // must map to the same moment on the timeline. The bound is loose (2 ms) so that a
+        // test thread preempted between the two reads does not fail it; the 100 µs offset of
+        // a badly chosen origin is caught by the nested builtin-ktrace flow checks instead.
         let tl = Timeline::new(4);
         for _ in 0..100 {
             let mono = crate::trace::clock::monotonic_ns();
