@@ -40,7 +40,9 @@
 # L1 (their verdicts count for the exit status).
 #
 # Output: DIR/boot.txt (default DIR .cache/nested/boot-bench): the medians over the rounds and
-# the ratios to QEMU, trapvisor's exits, the initcalls, with the host's load average;
+# the ratios to QEMU, then tv-pvh's time to userspace over each other VMM's in the same round
+# (median, rounds it was sooner, every ratio), trapvisor's exits, the initcalls, with the
+# host's load average;
 # DIR/boot.tsv (every figure), DIR/results/NAME/ (consoles, stderr with --stats).
 # --report only prints the tables of an earlier run's results.
 # Hold the machine's L1 lock when others share the machine:
@@ -151,12 +153,27 @@ cmd="console=ttyS0 panic=-1 loglevel=$loglevel l2.boot=1"
     cat <<'EOF'
 # boot NAME KIND EXTRA_CMDLINE
 boot() {
-    local name=$1 kind=$2 c="$BB_CMD $3" mib=${BB_MEM%M} bin=$TRAPVISOR vargs=
+    local name=$1 kind=$2 c="$BB_CMD $3" mib=${BB_MEM%M} vargs= src=$TRAPVISOR exe=trapvisor
+    # The binary each kind runs; another build (--other) has its own, a variant (--variant) its
+    # extra arguments and kernel parameters.
+    case "$kind" in
+    tv-pvh | tv-bz | qemu) ;;
+    fc) src=$BB_BIN/firecracker exe=firecracker ;;
+    ch) src=$BB_BIN/cloud-hypervisor exe=cloud-hypervisor ;;
+    *)
+        case "$BB_OTHERS" in
+        *" $kind "*) src=$BB_BIN/trapvisor-$kind exe=trapvisor-$kind ;;
+        *) eval "vargs=\${BB_VARGS_$kind:-}; c=\"\$c \${BB_PARAMS_$kind:-}\"" ;;
+        esac
+        ;;
+    esac
     # Every VMM reads the kernel and the initramfs from L1's RAM (its tmpfs /tmp), copied there
     # before the first boot's clock starts, so that no VMM's time holds reads over 9p from the
-    # host. (trapvisor's kernel load still swings 0.05-2.9 s from boot to boot from tmpfs: the
-    # emulated L1, see docs/nested.md, "Against Firecracker".)
-    local pre="mkdir -p /tmp/bb-kit && for f in vmlinux vmlinuz l2.cpio.gz; do [ -s /tmp/bb-kit/\$f ] || cp -L '$KIT'/\$f /tmp/bb-kit/ || exit 1; done; exec \"\$@\""
+    # host; and runs from a copy of its binary there (its code faulted in from 9p, page by
+    # page, cost trapvisor's start 50-260 ms before it had parsed its arguments: 0.2 ms on a
+    # host). QEMU is the L1's own, with its libraries.
+    local bin=/tmp/bb-kit/bin/$exe
+    local pre="mkdir -p /tmp/bb-kit/bin && for f in vmlinux vmlinuz l2.cpio.gz; do [ -s /tmp/bb-kit/\$f ] || cp -L '$KIT'/\$f /tmp/bb-kit/ || exit 1; done; [ -x '$bin' ] || cp -L '$src' '$bin' || exit 1; exec \"\$@\""
     local KIT=/tmp/bb-kit
     [ "$mib" != "$BB_MEM" ] || mib=$((${BB_MEM%G} * 1024))
     case "$kind" in
@@ -182,20 +199,15 @@ boot() {
   "machine-config": { "vcpu_count": 1, "mem_size_mib": $mib }
 }
 JSON
-        scenario "$name" 150 -- sh -c "$pre" sh "$L1RUN" --timeline -- "$BB_BIN/firecracker" --no-api \
+        scenario "$name" 150 -- sh -c "$pre" sh "$L1RUN" --timeline -- "$bin" --no-api \
             --config-file "$cfg" --level Error
         ;;
     ch)
-        scenario "$name" 150 -- sh -c "$pre" sh "$L1RUN" --timeline -- "$BB_BIN/cloud-hypervisor" \
+        scenario "$name" 150 -- sh -c "$pre" sh "$L1RUN" --timeline -- "$bin" \
             --kernel "$KIT/vmlinux" --initramfs "$KIT/l2.cpio.gz" --cmdline "$c l2.end=poweroff" \
             --cpus boot=1 --memory "size=$BB_MEM" --serial tty --console off
         ;;
     *)
-        # Another build (--other), or a variant (--variant): vmlinux, its extra arguments.
-        case "$BB_OTHERS" in
-        *" $kind "*) bin=$BB_BIN/trapvisor-$kind ;;
-        *) eval "vargs=\${BB_VARGS_$kind:-}; c=\"\$c \${BB_PARAMS_$kind:-}\"" ;;
-        esac
         # shellcheck disable=SC2086 # the variant's arguments are words
         scenario "$name" 150 -- sh -c "$pre" sh "$L1RUN" --timeline -- "$bin" run --stats $vargs \
             --kernel "$KIT/vmlinux" --initrd "$KIT/l2.cpio.gz" --memory "$BB_MEM" \
@@ -253,6 +265,8 @@ for d in "$res"/r*-*; do
         "${us:--}" "${up:--}" "${share:--}" "${ex:--}" "${exits:--}" "${kexits:--}" "${startms:--}" >>"$tsv"
 done
 
+# --report: as many rounds as the results hold.
+[ "$report" = 0 ] || rounds=$(awk -F'\t' 'NR > 1 && $1 + 0 > m { m = $1 + 0 } END { print m + 0 }' "$tsv")
 {
     echo "nested boot: $rounds round(s), ${mem} RAM, 1 vCPU; L1 wall seconds from the VMM's start, medians; host load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     awk -F'\t' '
@@ -278,6 +292,29 @@ done
                 median(k SUBSEP 3), median(k SUBSEP 4), u, median(k SUBSEP 6), median(k SUBSEP 7),
                 median(k SUBSEP 8), (u != "" && q > 0) ? sprintf("%.2f", u / q) : "-",
                 median(k SUBSEP 9), median(k SUBSEP 10), median(k SUBSEP 11)
+        }
+    }' "$tsv"
+    # Round by round (the L1's speed drifts over minutes; a round's boots are seconds apart):
+    # trapvisor PVH's wall time to userspace over each other VMM's in the same round.
+    awk -F'\t' '
+    NR > 1 && $5 ~ /^[0-9.]+$/ { us[$1 SUBSEP $2] = $5; if (!($2 in seen)) { seen[$2] = 1; order[++nk] = $2 } }
+    END {
+        for (i = 1; i <= nk; i++) {
+            k = order[i]
+            if (k == "tv-pvh") continue
+            n = 0; won = 0; list = ""
+            for (key in us) {
+                split(key, p, SUBSEP)
+                if (p[2] != k || !((p[1] SUBSEP "tv-pvh") in us)) continue
+                r = us[p[1] SUBSEP "tv-pvh"] / us[key]
+                a[++n] = r; won += (r < 1)
+            }
+            if (n == 0) continue
+            for (x = 1; x <= n; x++) for (y = x + 1; y <= n; y++) if (a[y] < a[x]) { t = a[x]; a[x] = a[y]; a[y] = t }
+            for (x = 1; x <= n; x++) list = list sprintf(" %.2f", a[x])
+            m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            if (!hdr++) print "\ntv-pvh userspace / the other VMM'"'"'s in the same round (< 1: trapvisor PVH sooner):"
+            printf "  %-10s median %.2f, sooner in %d of %d rounds; sorted:%s\n", k, m, won, n, list
         }
     }' "$tsv"
     echo
