@@ -35,7 +35,8 @@
 #
 # Results: DIR/NAME/{console,stderr,rc,secs,verdict} for each scenario, DIR/summary.tsv
 # (name, PASS/FAIL/XFAIL/XPASS, exit status, seconds, reason), DIR/l1-console.log, DIR/times
-# (l1_kvm_ready_s, l1_total_s, qemu_exit), DIR/dmesg-diff-*.txt, DIR/compare.txt (the
+# (l1_kvm_ready_s, l1_total_s, qemu_exit, and l1_wedged SCENARIO when the watchdog below stopped
+# an L1 that had stopped making progress), DIR/dmesg-diff-*.txt, DIR/compare.txt (the
 # trapvisor/QEMU ratios of the l2-cmp pair, scripts/nested/compare.sh). Exit status 0 when no
 # scenario FAILed (XFAIL: a known failure, marked in the scenario file), 1 when one did, 2 when
 # the harness itself could not run (kit, QEMU, L1 boot).
@@ -356,6 +357,11 @@ qemu=(nice -n 5 qemu-system-x86_64
     -virtfs "local,path=$out,mount_tag=job,security_model=none")
 fi
 say "L1: ${#selected[@]} scenario(s), limit ${total_timeout}s: ${selected[*]}"
+# A scenario's results are only this run's: a directory left by an earlier run must not lend a
+# scenario that never ran here its old exit status.
+for n in "${selected[@]}"; do
+    rm -rf "${out:?}/$n"
+done
 start=$EPOCHREALTIME
 kvm_ready=
 l1_rc=0
@@ -378,16 +384,48 @@ parent=$PPID
         sleep 2
     done
 ) </dev/null >/dev/null 2>&1 &
-# L1's own progress lines to stderr, with the time since QEMU started.
-while IFS= read -r line; do
+# L1's own progress lines to stderr, with the time since QEMU started; and the watchdog. An L1
+# under TCG has, rarely, stopped as a whole (its own per-scenario timeouts then never fire): when
+# no progress line comes for longer than the step it is in may take (a running scenario: its
+# limit and the kill's grace plus a minute; L1's boot and between scenarios: WEDGE_GAP, default
+# 240 s), L1 is stopped at once rather than at the bound on the whole run, and the scenarios that
+# did not finish are reported so ("L1 wedged"), for a caller to run again on a fresh L1.
+gap=${WEDGE_GAP:-240}
+deadline=$((EPOCHSECONDS + gap))
+wedged=
+current=
+partial=
+while :; do
+    if IFS= read -r -t 5 part; then
+        line=$partial$part
+        partial=
+    else
+        # Past the timeout read keeps what it got of the line; anything else is the end.
+        [ $? -gt 128 ] || break
+        partial+=$part
+        if [ -z "$wedged" ] && [ "$EPOCHSECONDS" -gt "$deadline" ]; then
+            wedged=${current:-"(between scenarios)"}
+            say "L1 wedged: no progress line for $((EPOCHSECONDS - deadline + ${step:-$gap}))s, in scenario $wedged; stopping it"
+            kill "$qpid" 2>/dev/null || true
+        fi
+        continue
+    fi
     line=${line%$'\r'}
     case "$line" in
     L1:*)
         t=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }')
         say "[$t s] $line"
+        step=$gap
+        current=
         case "$line" in
         "L1: kvm ready"*) kvm_ready=$t ;;
+        "L1: scenario "*" start")
+            current=${line#L1: scenario }
+            current=${current% start}
+            step=$((${timeout_of[$current]:-$gap} + 10 + 60))
+            ;;
         esac
+        deadline=$((EPOCHSECONDS + step))
         ;;
     esac
 done < <(tail -n +1 -f --pid="$qpid" "$out/l1-console.log" 2>/dev/null)
@@ -398,6 +436,7 @@ total=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }'
     echo "l1_kvm_ready_s ${kvm_ready:-none}"
     echo "l1_total_s $total"
     echo "qemu_exit ${qemu_rc:-?}"
+    [ -z "$wedged" ] || echo "l1_wedged $wedged"
 } >"$out/times"
 say "L1 finished after ${total}s (qemu exit ${qemu_rc:-?}, /dev/kvm ready at ${kvm_ready:-never}s)"
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
@@ -423,7 +462,11 @@ for n in "${selected[@]}"; do
     rc=$(cat "$d/rc" 2>/dev/null || true)
     secs=$(cat "$d/secs" 2>/dev/null || echo -)
     if [ -z "$rc" ]; then
-        reasons+=("did not finish (L1 stopped first)")
+        if [ -n "$wedged" ]; then
+            reasons+=("did not finish (L1 wedged in $wedged)")
+        else
+            reasons+=("did not finish (L1 stopped first)")
+        fi
         rc=-
     else
         [ "$rc" != 124 ] && [ "$rc" != 137 ] || reasons+=("timed out after ${timeout_of[$n]}s")
@@ -455,7 +498,7 @@ for n in "${selected[@]}"; do
         verdict=FAIL
         failed=$((failed + 1))
     fi
-    echo "$verdict${why:+: $why}" >"$d/verdict" 2>/dev/null || true
+    [ ! -d "$d" ] || echo "$verdict${why:+: $why}" >"$d/verdict"
     printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$verdict" "$rc" "$secs" "$why" >>"$out/summary.tsv"
 done
 

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One line of `summary.tsv`.
+#[derive(Clone)]
 pub struct Row {
     pub name: String,
     pub verdict: String,
@@ -51,6 +52,38 @@ pub fn read_summary(dir: &Path) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// The scenarios of a run that never ended (no exit status: L1 stopped or wedged first).
+pub fn unfinished(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.rc == "-" && r.verdict != "SKIP")
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// A run's rows with those of its rerun in place of the same names, written back as the
+/// directory's summary (the rerun wrote only its own).
+pub fn merge_rerun(dir: &Path, first: Vec<Row>, rerun: Vec<Row>) -> Vec<Row> {
+    if first.is_empty() {
+        return rerun;
+    }
+    let rows: Vec<Row> = first
+        .into_iter()
+        .map(|r| match rerun.iter().find(|x| x.name == r.name) {
+            Some(x) => x.clone(),
+            None => r,
+        })
+        .collect();
+    let mut text = String::from("scenario\tverdict\trc\tsecs\treason\n");
+    for r in &rows {
+        text += &format!(
+            "{}\t{}\t{}\t{}\t{}\n",
+            r.name, r.verdict, r.rc, r.secs, r.reason
+        );
+    }
+    let _ = std::fs::write(dir.join("summary.tsv"), text);
+    rows
 }
 
 /// The last `n` lines of a file, for failure messages.
@@ -164,23 +197,34 @@ impl Harness {
         let out = root.join(".cache/nested").join(self.results);
         let start = Instant::now();
         // An L1 under TCG running a nested VM has, rarely, hung as a whole (its own per-scenario
-        // timeouts then never fire): such a run is bounded and tried once more on a fresh L1.
-        let mut attempt = 0;
-        let (status, log) = loop {
-            attempt += 1;
-            let (status, log) = self.run_once(&out, None);
-            let finished = std::fs::read_to_string(out.join("l1-console.log"))
-                .is_ok_and(|c| c.contains("L1: powering off"));
-            if finished || attempt == 2 {
-                break (status, log);
-            }
+        // timeouts then never fire): run.sh's watchdog stops it once a step takes longer than
+        // it may, and the scenarios that had not finished run once more on a fresh L1.
+        let (mut status, mut log) = self.run_once(&out, None);
+        let mut rows = read_summary(&out);
+        let finished = std::fs::read_to_string(out.join("l1-console.log"))
+            .is_ok_and(|c| c.contains("L1: powering off"));
+        let unfinished = unfinished(&rows);
+        if !finished && (rows.is_empty() || !unfinished.is_empty()) {
             show(&format!(
-                "{tag}: L1 did not finish (attempt {attempt}, status {status:?}); \
-                 trying once more on a fresh L1\n--- L1 console (last lines) ---\n{}\n",
+                "{tag}: L1 did not finish (status {status:?}; {}); running {} once more on a \
+                 fresh L1\n--- L1 console (last lines) ---\n{}\n",
+                std::fs::read_to_string(out.join("times"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if rows.is_empty() {
+                    "every scenario".to_string()
+                } else {
+                    unfinished.join(", ")
+                },
                 tail(&out.join("l1-console.log"), 10)
             ));
-        };
-        let rows = read_summary(&out);
+            let _ = std::fs::rename(out.join("l1-console.log"), out.join("l1-console-1.log"));
+            let only = (!rows.is_empty()).then(|| format!("^({})$", unfinished.join("|")));
+            (status, log) = self.run_once(&out, only.as_deref());
+            rows = merge_rerun(&out, rows, read_summary(&out));
+        }
 
         let mut report = format!(
             "{tag}: {} scenario(s) in one L1, {:.0} s in all; {}\n",
@@ -238,5 +282,52 @@ impl Harness {
         let code = status.and_then(|s| s.code());
         assert_eq!(code, Some(0), "run.sh exited {code:?}\n{log}");
         rows
+    }
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+
+    fn row(name: &str, verdict: &str, rc: &str) -> Row {
+        Row {
+            name: name.into(),
+            verdict: verdict.into(),
+            rc: rc.into(),
+            secs: "1.0".into(),
+            reason: String::new(),
+        }
+    }
+
+    /// After a wedged L1 only the scenarios without an exit status run again, and their new
+    /// rows take the old ones' places in the summary.
+    #[test]
+    fn a_rerun_after_a_wedge_replaces_only_the_unfinished_rows() {
+        let first = vec![
+            row("a", "PASS", "0"),
+            row("b", "FAIL", "-"),
+            row("c", "FAIL", "-"),
+            row("d", "SKIP", "-"),
+        ];
+        assert_eq!(unfinished(&first), vec!["b", "c"]);
+        let dir = std::env::temp_dir().join(format!("tv-nested-merge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows = merge_rerun(
+            &dir,
+            first,
+            vec![row("b", "PASS", "0"), row("c", "PASS", "0")],
+        );
+        let back = read_summary(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        for r in [&rows, &back] {
+            let got: Vec<_> = r
+                .iter()
+                .map(|r| (r.name.as_str(), r.verdict.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [("a", "PASS"), ("b", "PASS"), ("c", "PASS"), ("d", "SKIP")]
+            );
+        }
     }
 }
