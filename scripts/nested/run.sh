@@ -29,6 +29,8 @@
 #   --direct         no L1: run the scenarios right here, on this machine's /dev/kvm (a real KVM
 #                    on hardware: a developer machine), as root, in a new network namespace
 #                    (the TAPs live there); the results look the same
+# Environment: L1_TCG_THREAD=single runs L1's two vCPUs on one host thread (default multi, one
+# each); WEDGE_GAP=S how long L1's boot or a gap between scenarios may stay silent (below).
 #
 # One run at a time: a second one waits for the first (a lock on .cache/nested/.lock). Stopping
 # this script, or the death of the process that started it, stops QEMU.
@@ -326,6 +328,10 @@ if [ -z "$total_timeout" ]; then
 fi
 
 # --- L1 ------------------------------------------------------------------------------------------
+# L1_TCG_THREAD=single: one host thread for both of L1's vCPUs instead of one each (to compare
+# how often an L1 wedges under each; multi is the default).
+tcg_thread=${L1_TCG_THREAD:-multi}
+case "$tcg_thread" in multi | single) ;; *) die "L1_TCG_THREAD must be multi or single" ;; esac
 # TCG with one thread per vCPU and a large translation cache; 'max' has SVM with nested paging.
 # shellcheck disable=SC2054 # the commas are QEMU's
 if [ "$direct" = 1 ]; then
@@ -340,7 +346,7 @@ elif [ "$arch" = aarch64 ]; then
     # pauth-impdef: TCG's faster pointer authentication. The results port: a virtio-serial port
     # named "results" written into DIR/results.tar.
     qemu=(nice -n 5 qemu-system-aarch64
-        -accel tcg,thread=multi,tb-size=512 -M virt,virtualization=on,gic-version=3
+        -accel "tcg,thread=$tcg_thread,tb-size=512" -M virt,virtualization=on,gic-version=3
         -cpu max,pauth-impdef=on -smp 2 -m "$l1_mem"
         -display none -monitor none -serial stdio -no-reboot -nodefaults
         -kernel "$kernel" -initrd "$out/l1-initrd.cpio.gz"
@@ -349,7 +355,7 @@ elif [ "$arch" = aarch64 ]; then
         -device virtserialport,chardev=results,name=results)
 else
 qemu=(nice -n 5 qemu-system-x86_64
-    -accel tcg,thread=multi,tb-size=512 -cpu max -smp 2 -m "$l1_mem" -machine q35
+    -accel "tcg,thread=$tcg_thread,tb-size=512" -cpu max -smp 2 -m "$l1_mem" -machine q35
     -display none -monitor none -serial stdio -no-reboot -nodefaults
     -kernel "$kernel" -initrd "$HOSTKIT/l1.cpio.gz"
     -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out"
