@@ -155,9 +155,10 @@ cmd="console=ttyS0 panic=-1 loglevel=$loglevel l2.boot=1"
 boot() {
     local name=$1 kind=$2 c="$BB_CMD $3" mib=${BB_MEM%M} vargs= src=$TRAPVISOR exe=trapvisor
     # The binary each kind runs; another build (--other) has its own, a variant (--variant) its
-    # extra arguments and kernel parameters.
+    # extra arguments and kernel parameters; QEMU is L1's own (nothing to copy).
     case "$kind" in
-    tv-pvh | tv-bz | qemu) ;;
+    tv-pvh | tv-bz) ;;
+    qemu) src= ;;
     fc) src=$BB_BIN/firecracker exe=firecracker ;;
     ch) src=$BB_BIN/cloud-hypervisor exe=cloud-hypervisor ;;
     *)
@@ -173,7 +174,7 @@ boot() {
     # page, cost trapvisor's start 50-260 ms before it had parsed its arguments: 0.2 ms on a
     # host). QEMU is the L1's own, with its libraries.
     local bin=/tmp/bb-kit/bin/$exe
-    local pre="mkdir -p /tmp/bb-kit/bin && for f in vmlinux vmlinuz l2.cpio.gz; do [ -s /tmp/bb-kit/\$f ] || cp -L '$KIT'/\$f /tmp/bb-kit/ || exit 1; done; [ -x '$bin' ] || cp -L '$src' '$bin' || exit 1; exec \"\$@\""
+    local pre="mkdir -p /tmp/bb-kit/bin && for f in vmlinux vmlinuz l2.cpio.gz; do [ -s /tmp/bb-kit/\$f ] || cp -L '$KIT'/\$f /tmp/bb-kit/ || exit 1; done; [ -z '$src' ] || [ -x '$bin' ] || cp -L '$src' '$bin' || exit 1; exec \"\$@\""
     local KIT=/tmp/bb-kit
     [ "$mib" != "$BB_MEM" ] || mib=$((${BB_MEM%G} * 1024))
     case "$kind" in
@@ -270,15 +271,22 @@ done
 {
     echo "nested boot: $rounds round(s), ${mem} RAM, 1 vCPU; L1 wall seconds from the VMM's start, medians; host load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     awk -F'\t' '
-    function median(key,   n, i, j, t, a) {
-        if (vals[key] == "") return ""
+    # The values listed under key, sorted into a[1..n]; n.
+    function sorted(key, a,   n, i, j, t) {
         n = split(vals[key], a, " ")
         for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return n
+    }
+    function median(key,   n, a) {
+        if (vals[key] == "") return ""
+        n = sorted(key, a)
         return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
+    BEGIN { CONVFMT = "%.17g" }
     NR == 1 { for (c = 3; c <= NF; c++) col[c] = $c; next }
     {
         if (!($2 in seen)) { seen[$2] = 1; order[++nk] = $2 }
+        if ($5 ~ /^[0-9.]+$/) us[$1 SUBSEP $2] = $5
         for (c = 3; c <= NF; c++) if ($c ~ /^-?[0-9.]+$/) { vals[$2 SUBSEP c] = vals[$2 SUBSEP c] " " $c }
         runs[$2]++
     }
@@ -293,28 +301,23 @@ done
                 median(k SUBSEP 8), (u != "" && q > 0) ? sprintf("%.2f", u / q) : "-",
                 median(k SUBSEP 9), median(k SUBSEP 10), median(k SUBSEP 11)
         }
-    }' "$tsv"
-    # Round by round (the L1's speed drifts over minutes; a round's boots are seconds apart):
-    # trapvisor PVH's wall time to userspace over each other VMM's in the same round.
-    awk -F'\t' '
-    NR > 1 && $5 ~ /^[0-9.]+$/ { us[$1 SUBSEP $2] = $5; if (!($2 in seen)) { seen[$2] = 1; order[++nk] = $2 } }
-    END {
+        # Round by round (L1 drifts in speed over minutes, the boots of a round are seconds
+        # apart): the wall time to userspace of trapvisor PVH over that of each other VMM, per round.
         for (i = 1; i <= nk; i++) {
             k = order[i]
             if (k == "tv-pvh") continue
-            n = 0; won = 0; list = ""
+            won = 0; list = ""
             for (key in us) {
                 split(key, p, SUBSEP)
                 if (p[2] != k || !((p[1] SUBSEP "tv-pvh") in us)) continue
                 r = us[p[1] SUBSEP "tv-pvh"] / us[key]
-                a[++n] = r; won += (r < 1)
+                vals["ratio" SUBSEP k] = vals["ratio" SUBSEP k] " " r; won += (r < 1)
             }
-            if (n == 0) continue
-            for (x = 1; x <= n; x++) for (y = x + 1; y <= n; y++) if (a[y] < a[x]) { t = a[x]; a[x] = a[y]; a[y] = t }
+            if (vals["ratio" SUBSEP k] == "") continue
+            n = sorted("ratio" SUBSEP k, a)
             for (x = 1; x <= n; x++) list = list sprintf(" %.2f", a[x])
-            m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
             if (!hdr++) print "\ntv-pvh userspace / the other VMM'"'"'s in the same round (< 1: trapvisor PVH sooner):"
-            printf "  %-10s median %.2f, sooner in %d of %d rounds; sorted:%s\n", k, m, won, n, list
+            printf "  %-10s median %.2f, sooner in %d of %d rounds; sorted:%s\n", k, median("ratio" SUBSEP k), won, n, list
         }
     }' "$tsv"
     echo

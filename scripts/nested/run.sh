@@ -397,7 +397,8 @@ parent=$PPID
 # 240 s), L1 is stopped at once rather than at the bound on the whole run, and the scenarios that
 # did not finish are reported so ("L1 wedged"), for a caller to run again on a fresh L1.
 gap=${WEDGE_GAP:-240}
-deadline=$((EPOCHSECONDS + gap))
+step=$gap
+deadline=$((EPOCHSECONDS + step))
 wedged=
 current=
 partial=
@@ -411,7 +412,7 @@ while :; do
         partial+=$part
         if [ -z "$wedged" ] && [ "$EPOCHSECONDS" -gt "$deadline" ]; then
             wedged=${current:-"(between scenarios)"}
-            say "L1 wedged: no progress line for $((EPOCHSECONDS - deadline + ${step:-$gap}))s, in scenario $wedged; stopping it"
+            say "L1 wedged: no progress line for $((EPOCHSECONDS - deadline + step))s, in scenario $wedged; stopping it"
             kill "$qpid" 2>/dev/null || true
         fi
         continue

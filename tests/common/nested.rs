@@ -86,6 +86,15 @@ pub fn merge_rerun(dir: &Path, first: Vec<Row>, rerun: Vec<Row>) -> Vec<Row> {
     rows
 }
 
+/// A run's `times` file (L1 timings, `l1_wedged`) on one line.
+pub fn times(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("times"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The last `n` lines of a file, for failure messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -208,11 +217,7 @@ impl Harness {
             show(&format!(
                 "{tag}: L1 did not finish (status {status:?}; {}); running {} once more on a \
                  fresh L1\n--- L1 console (last lines) ---\n{}\n",
-                std::fs::read_to_string(out.join("times"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                times(&out),
                 if rows.is_empty() {
                     "every scenario".to_string()
                 } else {
@@ -230,11 +235,7 @@ impl Harness {
             "{tag}: {} scenario(s) in one L1, {:.0} s in all; {}\n",
             rows.len(),
             start.elapsed().as_secs_f64(),
-            std::fs::read_to_string(out.join("times"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
+            times(&out)
         );
         report += &table(&rows);
         show(&report);
