@@ -104,9 +104,10 @@ pub struct RunArgs {
     /// (default: io_uring, the thread pool if the kernel refuses it), notify=, irq=.
     #[arg(long, value_name = "path=IMG[,OPTIONS]")]
     pub disk: Vec<DiskConfig>,
-    /// A microVM's device set: no legacy PC devices (x86_64: no i8042 — nor its ACPI
-    /// description and FADT flag, so Linux does not probe it — and no PIT). Reboot then goes
-    /// through the ACPI reset register (Linux's default, or reboot=a), not reboot=k.
+    /// A microVM's device set: no legacy PC devices (x86_64: no i8042 and no CMOS RTC — nor
+    /// their ACPI descriptions, and the FADT says so, so Linux probes neither and takes the
+    /// wall clock from kvm-clock — and no PIT). Reboot then goes through the ACPI reset
+    /// register (Linux's default, or reboot=a), not reboot=k.
     #[arg(long)]
     pub no_legacy: bool,
 }

@@ -85,7 +85,8 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// virtio-blk devices on PCI, one per image (`--disk`).
     pub disks: Vec<DiskConfig>,
-    /// The legacy PC devices (x86_64: the i8042 and the PIT); `--no-legacy` drops them.
+    /// The legacy PC devices (x86_64: the i8042, the CMOS RTC and the PIT); `--no-legacy`
+    /// drops them.
     pub legacy: bool,
     /// When the process started (`main`): the start phases count from there, the first one
     /// being `parse`. `None`: from `Vmm::new`.

@@ -34,3 +34,17 @@ fn the_guest_reads_the_hosts_date_from_the_cmos_rtc() {
     );
     assert!(line.contains("mode=bcd,24h"), "{line}");
 }
+
+/// `--no-legacy` has no RTC: the ports read all-ones and the guest says so at once (it would
+/// otherwise wait on an update-in-progress bit that never clears).
+#[test]
+fn without_legacy_devices_there_is_no_rtc() {
+    let out = common::run(&["run", "--no-legacy", "--cmdline", "rtc"]);
+    assert_ne!(out.code, Some(0), "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("rtc: no CMOS RTC (register A reads 0xff)"),
+        "{}",
+        out.dump()
+    );
+}

@@ -90,6 +90,16 @@ expect l2-vmlinux-pvh userspace '^L2: userspace up'
 expect l2-vmlinux-pvh kvm-clock '^L2: clocksource=kvm-clock'
 expect l2-vmlinux-pvh poweroff 'guest powered off'
 
+# --no-legacy (a microVM's device set: no i8042, no CMOS RTC, no PIT): to userspace and off;
+# no RTC registered (the FADT says there is none), the clock from kvm-clock's wall clock,
+# within 300 s of L1's (l2.date_ref: L1's clock when the scenario started).
+scenario l2-nolegacy 150 -- sh -c 'c=$1; shift; exec "$@" --cmdline "$c l2.date_ref=$(date +%s)"' \
+    sh "$l2_cmdline l2.end=poweroff" "$TRAPVISOR" run --no-legacy --kernel "$KIT/vmlinux" "${l2[@]}"
+expect_rc l2-nolegacy 0
+expect l2-nolegacy userspace '^L2: userspace up'
+expect l2-nolegacy no-rtc '^L2: rtc0 name=none date ok '
+expect l2-nolegacy poweroff 'guest powered off'
+
 # 3.5 GiB of RAM: the e820 map continues above 4 GiB, past the 32-bit MMIO hole.
 scenario l2-memory-3584m 150 -- "$TRAPVISOR" run --kernel "$KIT/vmlinuz" \
     --initrd "$KIT/l2.cpio.gz" --memory 3584M --cmdline "$l2_cmdline l2.end=poweroff"

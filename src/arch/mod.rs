@@ -92,7 +92,8 @@ pub struct BootConfig<'a> {
     /// What [`setup_vcpus`] made: the vCPUs (their number and ids) and the interrupt
     /// controller, for the boot tables.
     pub machine: &'a Machine,
-    /// The legacy PC devices (x86_64: the i8042 in the boot tables); off with `--no-legacy`.
+    /// The legacy PC devices (x86_64: the i8042 and the CMOS RTC in the boot tables); off with
+    /// `--no-legacy`.
     /// Nothing on aarch64 is legacy.
     pub legacy: bool,
     /// When given, the loader marks its phases here (x86_64: `kernel`, `initrd`, `acpi+boot

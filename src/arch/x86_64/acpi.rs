@@ -4,8 +4,9 @@
 //! - FADT: HW_REDUCED_ACPI; the sleep control and status registers are one byte at
 //!   `ACPI_SLEEP_CONTROL_PORT` (the guest writes `(S5_SLEEP_TYPE << 2) | SLP_EN` = 0x34 to power
 //!   off), the reset register one byte at `ACPI_RESET_PORT` (value `RESET_VALUE`). Boot flags:
-//!   i8042 present (not with `legacy` off: `--no-legacy`), no VGA (a CMOS RTC is present);
-//!   `century` = CMOS register 0x32.
+//!   i8042 present, no VGA, and `century` = CMOS register 0x32; with `legacy` off
+//!   (`--no-legacy`) no i8042 and "CMOS RTC not present" (century 0): Linux then registers no
+//!   RTC and takes the wall clock from kvm-clock, as on Firecracker's machine.
 //! - MADT: one enabled local APIC per vCPU (APIC id = vCPU index), the IOAPIC at
 //!   `IOAPIC_START` (id 0, GSI base 0), IRQ0 → GSI 2, LINT1 = NMI on every CPU; PCAT_COMPAT
 //!   (the in-kernel irqchip has the 8259s).
@@ -14,7 +15,8 @@
 //!   with `legacy` off,
 //!   ports 0x60 and 0x64, IRQ 1: a hardware-reduced platform maps no legacy IRQs, so Linux's
 //!   i8042 driver finds its ports and interrupt only through PNP), pvpanic `PEVT` (QEMU0001,
-//!   port 0x505), the CMOS RTC `RTC_` (PNP0B00, ports 0x70-0x71, IRQ 8), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
+//!   port 0x505), the CMOS RTC `RTC_` (PNP0B00, ports 0x70-0x71, IRQ 8; not with `legacy`
+//!   off), the PCI host bridge `\_SB_.PCI0` (bus 0, I/O windows around 0xcf8, the 32-bit
 //!   and 64-bit BAR windows of `layout`) and a motherboard resource (PNP0C02) reserving the ECAM
 //!   window.
 use acpi_tables::aml::{
@@ -45,10 +47,12 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// The FADT's RESET_VALUE, written to `ACPI_RESET_PORT`.
 pub const RESET_VALUE: u8 = 1;
 /// FADT IAPC_BOOT_ARCH: 8042 present (bit 1), VGA not present (2); bit 5 (CMOS RTC not
-/// present) clear: Linux reads the wall clock from the RTC at boot.
+/// present) clear: Linux's rtc_cmos binds the RTC and sets the clock from it at boot.
 pub const IAPC_BOOT_ARCH: u16 = IAPC_8042 | (1 << 2);
 /// IAPC_BOOT_ARCH's "8042 present" bit: without it Linux's i8042 driver does not probe.
 pub const IAPC_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH's "CMOS RTC not present" bit: Linux then registers no RTC platform device.
+pub const IAPC_NO_CMOS_RTC: u16 = 1 << 5;
 /// FADT century: the CMOS register holding the century (`devices::rtc::REG_CENTURY`).
 pub const FADT_CENTURY: u8 = 0x32;
 /// MADT flags: PCAT_COMPAT (dual 8259s present).
@@ -92,7 +96,7 @@ fn table_id(sig: &[u8; 4]) -> [u8; 8] {
 }
 
 /// The DSDT for `mem_size` bytes of RAM (the 64-bit PCI window sits above RAM); the i8042
-/// only with `legacy`.
+/// and the CMOS RTC only with `legacy`.
 pub fn dsdt(mem_size: u64, legacy: bool) -> Vec<u8> {
     let s5 = Name::new("_S5_".into(), &Package::new(vec![&S5_SLEEP_TYPE]));
 
@@ -201,7 +205,11 @@ pub fn dsdt(mem_size: u64, legacy: bool) -> Vec<u8> {
         ],
     ));
 
-    let ps2k = if legacy { ps2k } else { Vec::new() };
+    let (ps2k, rtc) = if legacy {
+        (ps2k, rtc)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let sb = Scope::raw(
         "\\_SB_".into(),
         [com1, ps2k, pevt, rtc, pci0, mbrd].concat(),
@@ -212,7 +220,8 @@ pub fn dsdt(mem_size: u64, legacy: bool) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// The FADT pointing at the DSDT at `dsdt_addr`; the 8042 boot flag only with `legacy`.
+/// The FADT pointing at the DSDT at `dsdt_addr`; the 8042 and CMOS RTC boot flags as `legacy`
+/// says.
 pub fn fadt(dsdt_addr: u64, legacy: bool) -> Vec<u8> {
     let io_byte = |port: u16| {
         GAS::new(
@@ -236,10 +245,10 @@ pub fn fadt(dsdt_addr: u64, legacy: bool) -> Vec<u8> {
     fadt.iapc_boot_arch = if legacy {
         IAPC_BOOT_ARCH
     } else {
-        IAPC_BOOT_ARCH & !IAPC_8042
+        IAPC_BOOT_ARCH & !IAPC_8042 | IAPC_NO_CMOS_RTC
     }
     .into();
-    fadt.century = FADT_CENTURY;
+    fadt.century = if legacy { FADT_CENTURY } else { 0 };
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"TRAPVISR").into();
     aml_bytes(&fadt.finalize())
 }
@@ -495,20 +504,38 @@ mod tests {
     }
 
     #[test]
-    fn without_legacy_devices_there_is_no_i8042_to_probe() {
+    fn without_legacy_devices_there_is_no_i8042_nor_rtc_to_probe() {
         let t = dsdt(256 << 20, false);
         let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
         assert!(!has(b"PS2K"));
         assert!(!has(&[0x0c, 0x41, 0xd0, 0x03, 0x03]), "no PNP0303");
         assert!(!has(&[0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01]));
-        // The rest stays: COM1, pvpanic, the RTC, the PCI host bridge.
-        for name in [&b"COM1"[..], b"PEVT", b"RTC_", b"PCI0", b"MBRD"] {
+        assert!(!has(b"RTC_"));
+        assert!(!has(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]), "no PNP0B00");
+        assert!(
+            !has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]),
+            "no port 0x70"
+        );
+        // The rest stays: COM1, pvpanic, the PCI host bridge.
+        for name in [&b"COM1"[..], b"PEVT", b"PCI0", b"MBRD"] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));
         }
+        // With them: the RTC as PCs describe it, PNP0B00 on ports 0x70-0x71.
+        let t = dsdt(256 << 20, true);
+        let has = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"RTC_") && has(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]));
+        assert!(has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]));
+        // FADT: century at byte 108, IAPC_BOOT_ARCH at 109.
         let f = fadt(0xe0100, false);
         let arch = u16::from_le_bytes([f[109], f[110]]);
         assert_eq!(arch & IAPC_8042, 0, "no 8042 boot flag");
-        assert_eq!(arch, IAPC_BOOT_ARCH & !IAPC_8042);
+        assert_ne!(arch & IAPC_NO_CMOS_RTC, 0, "CMOS RTC not present");
+        assert_eq!(arch, IAPC_BOOT_ARCH & !IAPC_8042 | IAPC_NO_CMOS_RTC);
+        assert_eq!(f[108], 0, "no century register without an RTC");
+        let f = fadt(0xe0100, true);
+        assert_eq!(u16::from_le_bytes([f[109], f[110]]), IAPC_BOOT_ARCH);
+        assert_eq!(IAPC_BOOT_ARCH & IAPC_NO_CMOS_RTC, 0);
+        assert_eq!(f[108], FADT_CENTURY);
         // The tables as a whole are still well formed (checksums) and smaller.
         let on = build_tables(1, 256 << 20, true).unwrap();
         let off = build_tables(1, 256 << 20, false).unwrap();

@@ -1,6 +1,6 @@
-//! The platform devices every x86_64 VM has, registered on its buses: COM1, the i8042, the
-//! debug-exit port, the test device (PIO window and MMIO page), the ACPI PM registers and
-//! pvpanic and the CMOS RTC on ports; PCI conf1 at 0xcf8.
+//! The platform devices every x86_64 VM has, registered on its buses: COM1, the i8042 and the
+//! CMOS RTC (both only with `legacy`), the debug-exit port, the test device (PIO window and
+//! MMIO page), the ACPI PM registers and pvpanic on ports; PCI conf1 at 0xcf8.
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +17,10 @@ use crate::devices::testdev::{self, DebugExit, TestDev};
 use crate::devices::PlatformDevices;
 use crate::pci::root::{Conf1, PciRoot, CONF1_LEN, CONF1_PORT};
 
-/// Registers COM1, the i8042 (only with `legacy`), the debug-exit port, the test device, the
-/// ACPI PM registers and pvpanic and the CMOS RTC (on the host's clock). `irq(n)` makes the trigger of legacy IRQ `n` (4: COM1, 1: the i8042's keyboard);
-/// `console` receives serial output, `testdev_console` the test device's.
+/// Registers COM1, the i8042 and the CMOS RTC (on the host's clock; both only with `legacy`),
+/// the debug-exit port, the test device, the ACPI PM registers and pvpanic. `irq(n)` makes the
+/// trigger of legacy IRQ `n` (4: COM1, 1: the i8042's keyboard); `console` receives serial
+/// output, `testdev_console` the test device's.
 pub fn register_devices<T, E>(
     pio: &Bus,
     mmio: &Bus,
@@ -83,13 +84,16 @@ where
         "events",
         Arc::new(Mutex::new(PvPanic::default())),
     )?;
-    pio.insert(
-        layout::RTC_PORT.into(),
-        2,
-        "rtc",
-        "index+data",
-        Arc::new(Mutex::new(Rtc::host())),
-    )?;
+    if legacy {
+        // Without it (as on Firecracker's machine) Linux takes the wall clock from kvm-clock.
+        pio.insert(
+            layout::RTC_PORT.into(),
+            2,
+            "rtc",
+            "index+data",
+            Arc::new(Mutex::new(Rtc::host())),
+        )?;
+    }
     mmio.insert(
         layout::TESTDEV_MMIO_START,
         testdev::MMIO_LEN,

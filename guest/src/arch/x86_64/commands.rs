@@ -135,6 +135,11 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// The `rtc` command: the date from the CMOS RTC (as Linux's `mach_get_cmos_time` reads it:
 /// twice, until two reads agree), in the format register B says.
 pub fn rtc() {
+    // Nothing at the ports (a VMM without an RTC, as trapvisor with --no-legacy) reads all-ones;
+    // an MC146818's register A never does (its divider bits are 010 when it runs).
+    if cmos(0x0a) == 0xff {
+        crate::fail!("rtc: no CMOS RTC (register A reads 0xff)");
+    }
     let mut t = cmos_time();
     for _ in 0..10 {
         let again = cmos_time();
