@@ -14,6 +14,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 use super::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_RAM_START};
 use super::{mem_err, ArchError, BootEntry};
+use crate::userfile::HoleSkipping;
 
 /// Offset of the 64-bit entry point (`startup_64`) in a bzImage's protected-mode code.
 pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -148,7 +149,9 @@ fn check_size(file: &mut File, format: KernelFormat) -> Result<(), ArchError> {
     }
 }
 
-/// Loads a bzImage or an ELF from `file`.
+/// Loads a bzImage or an ELF from `file`. `mem` must read as zero where the kernel goes (RAM
+/// just mapped): an ELF's segments are read with [`HoleSkipping`], which does not write the
+/// file's holes.
 pub fn load_file(
     mem: &GuestMemoryMmap,
     file: &mut File,
@@ -158,7 +161,11 @@ pub fn load_file(
     check_size(file, format)?;
     match format {
         KernelFormat::Elf => {
-            let res = load_elf(mem, file)?;
+            let mut src = HoleSkipping::new(file);
+            let res = load_elf(mem, &mut src)?;
+            if src.skipped > 0 {
+                log::debug!("kernel: {} bytes of holes not read", src.skipped);
+            }
             Ok(match res.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => LoadedKernel {
                     entry: BootEntry::Pvh { entry },

@@ -222,6 +222,8 @@ pub fn setup_vcpus(_kvm: &Kvm, _vm: &VmFd, vcpus: &[VcpuFd]) -> Result<Machine, 
 /// protocol at its entry point; a bzImage boots through the 64-bit protocol at load address +
 /// 0x200. The built-in guest is an ELF with the PVH note. Real-mode images get the command line and ACPI tables too (the tables only when RAM
 /// reaches past them); the image is copied last, so it may overwrite either.
+///
+/// `mem` is RAM just mapped (all zero): the holes of a sparse kernel file are not written.
 pub fn load_kernel(mem: &GuestMemoryMmap, cfg: BootConfig<'_>) -> Result<BootEntry, ArchError> {
     let BootConfig {
         kernel,
