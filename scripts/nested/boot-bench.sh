@@ -23,7 +23,13 @@
 # Firecracker and Cloud Hypervisor binaries are never downloaded or built: give their paths
 # (copied next to the results; L1 sees the host's files).
 #
-# Per round every VMM boots once; the order rotates every round. Each boot's marks, in L1 wall
+# Per round every VMM boots once, in an order shuffled per round (seeded by the round's number).
+# A boot's speed depends on the boot before it: in one 9-round run with the order rotating (so
+# each VMM always followed the same one), the build that always came right after QEMU's boot
+# read the kernel into guest RAM in 0.52-0.70 s every time, the same reads by another build
+# took 0.26-0.48 s in some rounds and 1.2-2.3 s in others (strace in L1: the first 14.7 MB
+# read() alone 0.13 s or 0.7-1.5 s): the same binary reading the same file, so the difference
+# is in L1, most likely the state the boot before left its memory in. Each boot's marks, in L1 wall
 # seconds from the VMM's start (scripts/nested/l1-run.sh --timeline): the first serial byte,
 # the kernel banner ("Linux version"), the userspace marker, the VMM's exit; and the L2's own
 # uptime at the marker (the kernel's share: its clock starts early in the kernel; wall minus
@@ -218,10 +224,18 @@ JSON
     expect "$name" userspace 'L2: userspace up uptime'
 }
 EOF
-    n=${#kinds[@]}
+    # Each round in its own order: a shuffle seeded by the round's number (the same order for
+    # the same round every time). Not a rotation: with one, every VMM always booted right after
+    # the same other one, and what that boot left in L1's memory decides how fast the next one
+    # reads its kernel into guest RAM (see the comment at the top).
     for r in $(seq 1 "$rounds"); do
-        for i in $(seq 0 $((n - 1))); do
-            k=${kinds[$(((i + r - 1) % n))]}
+        printf '%s\n' "${kinds[@]}" | awk -v seed="$r" '
+            BEGIN { srand(seed) }
+            { k[NR] = $0 }
+            END {
+                for (i = NR; i > 1; i--) { j = int(rand() * i) + 1; t = k[i]; k[i] = k[j]; k[j] = t }
+                for (i = 1; i <= NR; i++) print k[i]
+            }' | while read -r k; do
             echo "boot r$r-$k $k ''"
         done
     done
