@@ -169,16 +169,22 @@ enum Extent {
     Hole { end: u64 },
 }
 
-/// The extent at `pos` of the file behind `fd` (whose offset this moves), or `None` when the
-/// file system does not answer `SEEK_DATA`.
-fn extent_at(fd: i32, pos: u64, size: u64) -> Option<Extent> {
+/// The extent at `pos` of `file` (whose offset this moves), or `None` when the file system
+/// does not answer `SEEK_DATA`.
+fn extent_at(file: &File, pos: u64) -> Option<Extent> {
+    let fd = file.as_raw_fd();
     let at = libc::off_t::try_from(pos).ok()?;
     // SAFETY: lseek only moves the offset of an fd we hold open; no memory is passed.
     let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
     if data < 0 {
-        // ENXIO: no data at or after `pos` (a hole to the end, or past the end).
-        return (io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO))
-            .then_some(Extent::Hole { end: size.max(pos) });
+        // ENXIO: no data at or after `pos`: a hole to the end, or past the end. The size is
+        // the file's now, so a file cut short while it is read ends the read short (an error
+        // for the loader), not in zeros.
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+            return None;
+        }
+        let size = file.metadata().ok()?.len();
+        return Some(Extent::Hole { end: size.max(pos) });
     }
     if data as u64 > pos {
         return Some(Extent::Hole { end: data as u64 });
@@ -214,12 +220,11 @@ impl ReadVolatile for HoleSkipping<'_> {
         buf: &mut VolatileSlice<B>,
     ) -> Result<usize, VolatileMemoryError> {
         let io_err = VolatileMemoryError::IOError;
-        let size = self.file.metadata().map_err(io_err)?.len();
         let mut pos = self.file.stream_position().map_err(io_err)?;
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done) as u64;
-            let n = match extent_at(self.file.as_raw_fd(), pos, size) {
+            let n = match extent_at(self.file, pos) {
                 Some(Extent::Hole { end }) => {
                     let n = (end - pos).min(want);
                     self.skipped += n;
@@ -307,8 +312,7 @@ mod tests {
         let mut want = vec![0u8; 3 << 20];
         f.read_exact(&mut want).unwrap();
         let size = want.len() as u64;
-        let holes_kept =
-            extent_at(f.as_raw_fd(), 8192, size) == Some(Extent::Hole { end: 1 << 20 });
+        let holes_kept = extent_at(&f, 8192) == Some(Extent::Hole { end: 1 << 20 });
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         f.seek(SeekFrom::Start(0)).unwrap();
