@@ -164,6 +164,15 @@ fn guest_pings_host(tag: &str, options: &str) {
     );
 }
 
+/// A device counter from `--stats` (`name=value` in its counter lines; absent: 0).
+fn counter(stderr: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    stderr
+        .split([' ', ',', '\n'])
+        .find_map(|w| w.strip_prefix(key.as_str()))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
 #[test]
 fn guest_pings_host_over_ioeventfd_and_irqfd() {
     guest_pings_host("ping-default", "");
@@ -172,6 +181,29 @@ fn guest_pings_host_over_ioeventfd_and_irqfd() {
 #[test]
 fn guest_pings_host_over_exit_and_signal_msi() {
     guest_pings_host("ping-exit-msi", ",notify=exit,irq=msi");
+}
+
+/// notify=exit: each request is sent inside its kick's exit and the TAP read right after, so
+/// the host's reply (its stack answers inside the `writev`) is in the receive ring before the
+/// guest runs again. A guest that arms its interrupt only when it is about to halt
+/// (`wait=halt`) then never halts for a reply: no receive interrupts.
+#[test]
+fn exit_kick_puts_the_reply_in_the_ring_before_the_guest_runs() {
+    let Some(ns) = setup("ping-exit-halt") else {
+        return;
+    };
+    let ping = "net.ping=10.0.2.1,count=20,wait=halt";
+    let child = trapvisor(&ns, "tap=tv0,notify=exit", ping, &["--stats"]);
+    let out = common::wait(child, Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let line = summary(&out.stdout, "net: ping ");
+    assert_eq!(field(line, "received"), Some("20"), "{line}");
+    let irqs = counter(&out.stderr, "rx0.interrupts");
+    assert!(
+        irqs < 3,
+        "{irqs} receive interrupts for 20 replies\n{}",
+        out.stderr
+    );
 }
 
 #[test]

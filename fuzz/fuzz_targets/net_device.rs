@@ -1,6 +1,8 @@
 //! The whole virtio-net device (`Net`, 1 to 3 queue pairs) on an in-memory backend per pair,
 //! driven on this thread through `VirtioDevice` (features, activation, `process_queue`,
-//! reset) and `NetHandle::backend_ready` (what a worker does when the TAP fd polls), by a
+//! reset) and `NetHandle`'s `backend_ready`, `ioeventfd_kick` and `wake_ready` (what a worker
+//! does when the TAP fd polls, a queue's ioeventfd fires, or a notify=exit kick hands it a
+//! transmit stream), by a
 //! driver model that builds TX, RX and control chains in guest RAM from the fuzz input:
 //! well-formed ones and hostile ones (buffers outside RAM or across its end, loops, broken
 //! NEXT, indirect tables of odd sizes or outside RAM, heads past the queue size, heads made
@@ -491,9 +493,17 @@ impl Rig {
                 }
             }
             Op::Kick { queue } => {
-                let q = usize::from(queue) % (nq + 1);
-                let r = self.net.process_queue(q);
-                assert_eq!(r.is_ok(), q < nq, "kick of queue {q}: {r:?}");
+                let q = usize::from(queue & 0x7f) % (nq + 1);
+                if queue & 0x80 != 0 {
+                    // Through the queue's ioeventfd: what its worker does.
+                    self.handle.ioeventfd_kick(q);
+                } else {
+                    // notify=exit: on this (the vCPU's) thread; a stream it leaves to the
+                    // worker is then served as the worker would.
+                    let r = self.net.process_queue(q);
+                    assert_eq!(r.is_ok(), q < nq, "kick of queue {q}: {r:?}");
+                    self.handle.wake_ready();
+                }
             }
             Op::Ready { pair: p, events } => {
                 let bits = [

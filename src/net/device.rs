@@ -108,7 +108,8 @@ impl Shared {
     }
 
     /// Queue `q` was kicked `count` times: run its handler here, for trace flow `flow`.
-    pub fn kick(&self, q: usize, count: u64, flow: u64) {
+    /// `exit`: on the vCPU thread, which the guest waits on (notify=exit).
+    pub fn kick(&self, q: usize, count: u64, flow: u64, exit: bool) {
         let used = self.used_pairs.load(Ordering::Acquire);
         if used == 0 {
             return;
@@ -128,6 +129,8 @@ impl Shared {
         }
         if q.is_multiple_of(2) {
             self.pairs[p].kick_rx(count, flow);
+        } else if exit {
+            self.pairs[p].kick_tx_exit(flow);
         } else {
             self.pairs[p].kick_tx(count, flow);
         }
@@ -328,6 +331,18 @@ impl NetHandle {
         }
     }
 
+    /// What a worker does when queue `q`'s ioeventfd fires (`process_queue` is notify=exit).
+    pub fn ioeventfd_kick(&self, q: usize) {
+        self.shared.kick(q, 1, 0, false);
+    }
+
+    /// What the workers do when a notify=exit kick leaves them a transmit stream.
+    pub fn wake_ready(&self) {
+        for pair in &self.shared.pairs {
+            pair.serve_handoff();
+        }
+    }
+
     pub fn tap_name(&self) -> &str {
         &self.shared.name
     }
@@ -473,6 +488,10 @@ impl Net {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    fn link(&self) -> &'static str {
+        ["down", "up"][usize::from(self.shared.link_up.load(Ordering::SeqCst))]
     }
 
     /// Queue pairs.
@@ -747,7 +766,7 @@ impl VirtioDevice for Net {
         let flow = lock(&self.shared.config_irq)
             .as_ref()
             .map_or(0, |i| i.current_flow());
-        self.shared.kick(queue, 1, flow);
+        self.shared.kick(queue, 1, flow, true);
         Ok(())
     }
 
@@ -766,7 +785,7 @@ impl VirtioDevice for Net {
                 "tap={} mac={} link={} pairs={}/{} vhost=on ({running} pair(s) served by the kernel's vhost-net: frames, kicks and interrupts bypass trapvisor)",
                 self.shared.name,
                 format_mac(&self.mac),
-                if self.shared.link_up.load(Ordering::SeqCst) { "up" } else { "down" },
+                self.link(),
                 self.shared.used_pairs.load(Ordering::Acquire),
                 self.pairs(),
             );
@@ -775,11 +794,7 @@ impl VirtioDevice for Net {
             "tap={} mac={} link={} pairs={}/{} rx={}/{}B tx={}/{}B drops={} irqs={}",
             self.shared.name,
             format_mac(&self.mac),
-            if self.shared.link_up.load(Ordering::SeqCst) {
-                "up"
-            } else {
-                "down"
-            },
+            self.link(),
             self.shared.used_pairs.load(Ordering::Acquire),
             self.pairs(),
             t.rx.frames,

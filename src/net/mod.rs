@@ -16,6 +16,8 @@ pub mod config;
 pub mod counters;
 mod ctrl;
 pub mod device;
+#[cfg(test)]
+mod exit_tests;
 pub mod header;
 mod pair;
 mod rx;

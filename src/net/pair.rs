@@ -4,10 +4,12 @@
 //! The TAP fd is in the epoll set only while the pair is active and its TAP queue attached,
 //! for `EPOLLIN` while the receive queue has buffers (and is not stalled waiting for the
 //! driver), and for `EPOLLOUT` while a transmit waits for room after `EAGAIN`.
+use std::num::Wrapping;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +29,10 @@ pub(crate) const TOKEN_STOP: u64 = u64::MAX;
 pub(crate) const TOKEN_WAKE: u64 = u64::MAX - 1;
 pub(crate) const TOKEN_TAP: u64 = u64::MAX - 2;
 
+/// A transmit kick on the vCPU thread sends a chain there only up to this size (a request,
+/// an ACK); a larger one (a TSO segment) goes to the worker.
+const INLINE_MAX: u64 = 2048;
+
 /// Extra room after the buffers offered for a frame: bytes landing there mean the frame was
 /// longer than the buffers (the kernel truncates silently otherwise).
 pub(crate) const OVERFLOW_LEN: usize = 64;
@@ -35,8 +41,10 @@ pub(crate) struct Pair {
     pub index: usize,
     pub backend: Box<dyn NetBackend>,
     pub epoll: Epoll,
-    /// Wakes the worker (to end it).
+    /// Wakes the worker (to end it, or to take over a transmit stream: `handoff`).
     pub wake: EventFd,
+    /// A notify=exit kick found a stream of chains and left it to the worker.
+    handoff: AtomicBool,
     state: Mutex<PairState>,
 }
 
@@ -96,6 +104,7 @@ impl Pair {
             backend,
             epoll: Epoll::new()?,
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            handoff: AtomicBool::new(false),
             state: Mutex::new(PairState {
                 active: None,
                 attached: true,
@@ -168,6 +177,43 @@ impl Pair {
         st.flow = 0;
     }
 
+    /// A transmit kick on the vCPU thread (notify=exit), which the guest waits on. One small
+    /// chain waiting (a request, a ping, an ACK; up to `INLINE_MAX` bytes): sent here, and the
+    /// TAP read right after, so that a reply the host's stack queued during the `writev` is in
+    /// the receive ring before the guest runs again (it need not halt and take an interrupt
+    /// for it). More chains, or a large one (a stream, a TSO segment): left to the worker, and
+    /// the guest runs on at once.
+    pub fn kick_tx_exit(&self, flow: u64) {
+        let mut st = self.lock();
+        st.counters.tx.kicks += 1;
+        let inline = match st.tx_waiting() {
+            0 => true,
+            1 => st.tx_head_len().is_some_and(|n| n <= INLINE_MAX),
+            _ => false,
+        };
+        if !inline {
+            self.handoff.store(true, Ordering::Release);
+            let _ = self.wake.write(1);
+            return;
+        }
+        st.counters.tx.wakeups += 1;
+        st.flow = flow;
+        let sent = st.counters.tx.frames;
+        self.run_tx(&mut st);
+        if st.counters.tx.frames != sent {
+            self.run_rx(&mut st);
+        }
+        self.sync_poll(&mut st);
+        st.flow = 0;
+    }
+
+    /// The worker's side of a handoff from [`Pair::kick_tx_exit`].
+    pub fn serve_handoff(&self) {
+        if self.handoff.swap(false, Ordering::AcqRel) {
+            self.kick_tx(0, 0);
+        }
+    }
+
     /// The driver kicked the receive queue (it added buffers): read the TAP again.
     pub fn kick_rx(&self, kicks: u64, flow: u64) {
         let mut st = self.lock();
@@ -228,6 +274,27 @@ impl Pair {
 }
 
 impl PairState {
+    /// Bytes of the next transmit chain (its descriptors' lengths), without taking it.
+    fn tx_head_len(&mut self) -> Option<u64> {
+        let ActivePair { txq, mem, .. } = self.active.as_mut()?;
+        let mut chains = txq.iter(&*mem).ok()?;
+        let chain = chains.next()?;
+        let len = chain.clone().map(|d| u64::from(d.len())).sum();
+        chains.go_to_previous_position();
+        Some(len)
+    }
+
+    /// Chains the driver made available on the transmit queue that the device has not taken.
+    fn tx_waiting(&self) -> u16 {
+        let Some(a) = self.active.as_ref() else {
+            return 0;
+        };
+        let avail = a
+            .txq
+            .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire);
+        avail.map_or(0, |v| (v - Wrapping(a.txq.next_avail())).0)
+    }
+
     /// After a queue error: the used entries written so far become visible. Their chains were
     /// consumed (frames sent, or received into them, and counted); a ring the driver broke
     /// afterwards (found by the net_device fuzz target: an available index past the queue

@@ -375,7 +375,7 @@ mod tests {
         }
         net.activate(mem, queues, Arc::new(Irq(driver.clone())))
             .unwrap();
-        net.process_queue(TXQ as usize).unwrap();
+        net.handle().ioeventfd_kick(TXQ as usize);
         drop(net.handle());
         let d = std::mem::replace(
             &mut *driver.lock().unwrap(),

@@ -136,6 +136,7 @@ fn run(shared: &Shared, p: usize) {
                     if shared.quit.load(Ordering::SeqCst) {
                         return;
                     }
+                    pair.serve_handoff();
                 }
                 TOKEN_TAP => {
                     let w = Wakeup::new(shared.timeline());
@@ -157,7 +158,7 @@ fn run(shared: &Shared, p: usize) {
                     match evt.read() {
                         Ok(kicks) => {
                             let flow = w.as_ref().map_or(0, |w| w.flow);
-                            shared.kick(q, kicks, flow);
+                            shared.kick(q, kicks, flow, false);
                             if let Some(w) = w {
                                 let name = format!("{}: queue {q} ioeventfd wakeup", shared.name);
                                 let args =
