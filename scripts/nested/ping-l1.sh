@@ -11,7 +11,7 @@ one() {
     local name=$1 line
     shift
     line=$(timeout 150 "$@" 2>/dev/null </dev/null | tr -d '\r' | grep -a "^net: ping dst" | head -1)
-    echo "ping-l1: $name $(grep -o 'received=[0-9]*' <<<"$line") $(grep -o 'median_us=[0-9]*' <<<"$line") $(grep -o 'p99_us=[0-9]*' <<<"$line") $(grep -o 'halts=[0-9]*' <<<"$line")"
+    echo "ping-l1: $name $(grep -o 'received=[0-9]*' <<<"$line") $(grep -o 'median_us=[0-9]*' <<<"$line") $(grep -o 'p99_us=[0-9]*' <<<"$line") $(grep -o 'max_us=[0-9]*' <<<"$line") $(grep -o 'halts=[0-9]*' <<<"$line")"
 }
 cmd="net.ping=10.0.2.1,count=1000,wait=halt"
 for r in 1 2 3; do
