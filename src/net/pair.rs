@@ -289,9 +289,7 @@ impl PairState {
         let Some(a) = self.active.as_ref() else {
             return 0;
         };
-        let avail = a
-            .txq
-            .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire);
+        let avail = a.txq.avail_idx(&a.mem, Ordering::Acquire);
         avail.map_or(0, |v| (v - Wrapping(a.txq.next_avail())).0)
     }
 
