@@ -170,10 +170,20 @@ impl Pair {
     pub fn kick_tx(&self, kicks: u64, flow: u64) {
         let mut st = self.lock();
         st.counters.tx.kicks += kicks;
+        self.serve_tx(&mut st, flow, false);
+    }
+
+    /// One transmit wakeup for trace flow `flow`; `read_after`: read the TAP too when frames
+    /// went out.
+    fn serve_tx(&self, st: &mut PairState, flow: u64, read_after: bool) {
         st.counters.tx.wakeups += 1;
         st.flow = flow;
-        self.run_tx(&mut st);
-        self.sync_poll(&mut st);
+        let sent = st.counters.tx.frames;
+        self.run_tx(st);
+        if read_after && st.counters.tx.frames != sent {
+            self.run_rx(st);
+        }
+        self.sync_poll(st);
         st.flow = 0;
     }
 
@@ -196,15 +206,7 @@ impl Pair {
             let _ = self.wake.write(1);
             return;
         }
-        st.counters.tx.wakeups += 1;
-        st.flow = flow;
-        let sent = st.counters.tx.frames;
-        self.run_tx(&mut st);
-        if st.counters.tx.frames != sent {
-            self.run_rx(&mut st);
-        }
-        self.sync_poll(&mut st);
-        st.flow = 0;
+        self.serve_tx(&mut st, flow, true);
     }
 
     /// The worker's side of a handoff from [`Pair::kick_tx_exit`].

@@ -376,7 +376,6 @@ mod tests {
         net.activate(mem, queues, Arc::new(Irq(driver.clone())))
             .unwrap();
         net.handle().ioeventfd_kick(TXQ as usize);
-        drop(net.handle());
         let d = std::mem::replace(
             &mut *driver.lock().unwrap(),
             Driver {
