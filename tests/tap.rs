@@ -277,6 +277,12 @@ fn multiqueue_opens_one_fd_per_queue() {
         assert!(q.is_multi_queue());
         assert!(q.created());
         assert_eq!(q.if_index(), queues[0].if_index());
+        // Each queue's socket has no send-buffer limit (as QEMU sets it).
+        let mut sndbuf: libc::c_int = 0;
+        // SAFETY: TUNGETSNDBUF writes one int, which `sndbuf` is.
+        let r = unsafe { libc::ioctl(q.as_raw_fd(), libc::TUNGETSNDBUF, &mut sndbuf) };
+        assert_eq!(r, 0, "TUNGETSNDBUF: {}", std::io::Error::last_os_error());
+        assert_eq!(sndbuf, libc::c_int::MAX);
     }
     let details = ns.ip(&["-d", "link", "show", "dev", "tvmq0"]).unwrap();
     assert!(details.contains("multi_queue"), "{details}");

@@ -401,6 +401,21 @@ fn attach(
             err: io::Error::last_os_error(),
         });
     }
+    // No send-buffer limit, as QEMU sets it (`sndbuf` unset = INT_MAX): the kernel charges
+    // each frame written to the TAP's socket until the host frees it, and at the default limit
+    // (wmem_default, about three 64 KiB TSO frames) a host that queues the frames (a bridge
+    // to a slower NIC, a qdisc) makes writev say EAGAIN and the queue wait for EPOLLOUT.
+    // Frames the host's own stack takes are freed inside the writev, so there it changes
+    // nothing (tx0.tap_eagain stays 0 either way in the nested benchmark).
+    let sndbuf = libc::c_int::MAX;
+    // SAFETY: TUNSETSNDBUF reads one int, which `sndbuf` is.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETSNDBUF, &sndbuf) } < 0 {
+        return Err(TapError::Ioctl {
+            name: actual,
+            op: "TUNSETSNDBUF",
+            err: io::Error::last_os_error(),
+        });
+    }
     Ok((file, actual))
 }
 
