@@ -10,6 +10,9 @@
 #   --iperf      an iperf3 server on 10.0.2.1 while COMMAND runs (for l2.iperf=client:10.0.2.1)
 #   --hog        once the console says "L2: phase loaded", a busy loop on L1's CPU 1 (as on a
 #                busy host) until COMMAND ends
+#   --pin        once the console says "L2: userspace up", L2's vCPU threads on L1's CPU 0 and
+#                the VMM's other threads (and its vhost-net workers) on CPU 1 (an experiment:
+#                does placement decide throughput?)
 #   --timeline   the boot benchmark's marks on stderr, seconds since COMMAND started:
 #                "l1-run: first_byte_s=S" (COMMAND's first byte of output: the L2's first
 #                serial byte), "l1-run: banner_s=S" (the first line with "Linux version"),
@@ -17,7 +20,10 @@
 #
 # Each console line "L2: iperf3 begin" samples the VMM process's CPU time (utime + stime);
 # the next "L2: iperf3 ... mbps=" line adds "l1-run: vmm_cpu_s=S for LINE" on stderr (the
-# VMM's CPU seconds during that iperf3 run; vhost-net's kernel threads not included).
+# VMM's CPU seconds during that iperf3 run; vhost-net's kernel threads not included), and
+# "l1-run: cpu_split NAME=S ... for LINE": the seconds of each VMM thread by name, of the
+# VMM's vhost-net kernel workers (vhost=), of L1's iperf3 server (iperf3=), and L1's idle
+# seconds summed over its CPUs (l1_idle=): where L1's CPU went during the run.
 #
 # When COMMAND is "trapvisor run ...", it gets --api-socket /run/l1-run-api.sock (the path
 # run.sh's job asks), so that a scenario about to time out can be asked for its statistics
@@ -32,6 +38,7 @@ tap=
 mq=
 iperf=0
 hog=0
+pin=0
 timeline=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,6 +46,7 @@ while [ $# -gt 0 ]; do
     --mq) mq=multi_queue; shift ;;
     --iperf) iperf=1; shift ;;
     --hog) hog=1; shift ;;
+    --pin) pin=1; shift ;;
     --timeline) timeline=1; shift ;;
     --) shift; break ;;
     *) echo "l1-run: unknown argument '$1'" >&2; exit 2 ;;
@@ -85,6 +93,46 @@ vmm_ticks() {
 }
 hz=$(getconf CLK_TCK)
 
+# Where the CPU went, as "NAME TICKS" lines: each thread of the VMM by its name (spaces made
+# _), vhost-net's kernel workers of that VMM (vhost), L1's iperf3 server (iperf3), and L1's
+# idle time over all its CPUs (l1_idle).
+split_pid=
+split_vhost=
+split_pids() {
+    [ -z "$split_pid" ] || return 0
+    split_pid=$(pgrep -n -x "${vmm:0:15}") || return 0
+    split_vhost=$(pgrep -x "vhost-$split_pid" | sed 's|.*|/proc/&/stat|')
+}
+cpu_split() {
+    local f
+    [ -n "$split_pid" ] || return 0
+    f=(/proc/"$split_pid"/task/*/stat $split_vhost)
+    [ -z "$srv" ] || f+=("/proc/$srv/stat")
+    # One process for all of it (a fork is slow in an emulated L1, and this runs while L2's
+    # iperf3 does): the name between the first "(" and the last ")", the ticks after.
+    awk -v srv="/proc/$srv/stat" '
+        FILENAME == "/proc/stat" { if ($1 == "cpu") print "l1_idle", $5 + $6; next }
+        { n = substr($0, index($0, "(") + 1); n = substr(n, 1, match(n, /\) [A-Z] /) - 1)
+          rest = substr($0, match($0, /\) [A-Z] /) + 2); split(rest, v, " ")
+          if (FILENAME == srv) n = "iperf3"; else if (n ~ /^vhost-/) n = "vhost"
+          gsub(/ /, "_", n); print n, v[12] + v[13] }' "${f[@]}" /proc/stat 2>/dev/null
+}
+
+# --pin: L2's vCPU threads on L1's CPU 0, every other thread of the VMM (and its vhost-net
+# workers) on CPU 1.
+pin_threads() {
+    local p t
+    p=$(pgrep -n -x "${vmm:0:15}") || return 0
+    for t in /proc/"$p"/task/*; do
+        case "$(cat "$t/comm" 2>/dev/null)" in
+        vcpu* | "CPU "*) taskset -p -c 0 "${t##*/}" >/dev/null ;;
+        *) taskset -p -c 1 "${t##*/}" >/dev/null ;;
+        esac
+    done
+    for t in $(pgrep -x "vhost-$p"); do taskset -p -c 1 "$t" >/dev/null; done
+    echo "l1-run: pinned vCPU threads to CPU 0, the rest to CPU 1" >&2
+}
+
 # since NAME: "l1-run: NAME_s=S" on stderr, S the seconds since COMMAND started.
 since() {
     awk -v s="$start" -v e="$EPOCHREALTIME" -v n="$1" 'BEGIN { printf "l1-run: %s_s=%.2f\n", n, e - s }' >&2
@@ -105,7 +153,10 @@ start=$EPOCHREALTIME
         first=
         printf '%s\n' "$line"
         case "$line" in
-        "L2: userspace up"*) since wall_to_userspace ;;
+        "L2: userspace up"*)
+            since wall_to_userspace
+            [ "$pin" = 0 ] || pin_threads
+            ;;
         *"Linux version "*)
             [ "$timeline" = 0 ] || [ "$banner" = 1 ] || { since banner; banner=1; }
             ;;
@@ -115,13 +166,25 @@ start=$EPOCHREALTIME
                 hogpid=$!
             fi
             ;;
-        "L2: iperf3 begin"*) t0=$(vmm_ticks) ;;
+        "L2: iperf3 begin"*)
+            t0=$(vmm_ticks)
+            split_pids
+            split0=$(cpu_split)
+            ;;
         "L2: iperf3 "*mbps=*)
             t1=$(vmm_ticks)
             [ -z "$t0" ] || [ -z "$t1" ] ||
                 awk -v a="$t0" -v b="$t1" -v hz="$hz" -v l="${line%$'\r'}" \
                     'BEGIN { printf "l1-run: vmm_cpu_s=%.2f for %s\n", (b - a) / hz, l }' >&2
-            t0=
+            # "l1-run: cpu_split NAME=S ... for LINE": seconds each used during the run.
+            [ -z "${split0:-}" ] || { echo "$split0" | sed 's/^/0 /'; cpu_split | sed 's/^/1 /'; } |
+                awk -v hz="$hz" -v l="${line%$'\r'}" '
+                    $1 == 0 { a[$2] += $3; next }
+                    { b[$2] += $3; if (($2 in a) && !($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+                    END { printf "l1-run: cpu_split"
+                          for (i = 1; i <= n; i++) printf " %s=%.2f", order[i], (b[order[i]] - a[order[i]]) / hz
+                          printf " for %s\n", l }' >&2
+            t0= split0=
             ;;
         esac
     done
