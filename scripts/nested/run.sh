@@ -30,7 +30,10 @@
 #                    on hardware: a developer machine), as root, in a new network namespace
 #                    (the TAPs live there); the results look the same
 # Environment: L1_TCG_THREAD=single runs L1's two vCPUs on one host thread (default multi, one
-# each); WEDGE_GAP=S how long L1's boot or a gap between scenarios may stay silent (below).
+# each); WEDGE_GAP=S how long L1's boot or a gap between scenarios may stay silent (below);
+# L1_APPEND="ARGS" adds to the x86_64 L1's kernel command line (an experiment: L1 keeps time
+# with the HPET under TCG; L1_APPEND=tsc=reliable put it on the TSC and made the nested
+# benchmark slower, 414 against ~560 Mbit/s of TX).
 #
 # One run at a time: a second one waits for the first (a lock on .cache/nested/.lock). Stopping
 # this script, or the death of the process that started it, stops QEMU.
@@ -358,7 +361,7 @@ qemu=(nice -n 5 qemu-system-x86_64
     -accel "tcg,thread=$tcg_thread,tb-size=512" -cpu max -smp 2 -m "$l1_mem" -machine q35
     -display none -monitor none -serial stdio -no-reboot -nodefaults
     -kernel "$kernel" -initrd "$HOSTKIT/l1.cpio.gz"
-    -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out"
+    -append "console=ttyS0 panic=-1 loglevel=3 nested.job=$out${L1_APPEND:+ $L1_APPEND}"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
     -virtfs "local,path=$out,mount_tag=job,security_model=none")
 fi
