@@ -117,7 +117,6 @@ EOF
         for q in $queues; do
             for i in $(seq 0 $((n - 1))); do
                 k=${kinds[$(((i + r - 1) % n))]}
-                [ "$k" != before ] || [ "$q" = 1 ] || continue
                 echo "bench r$r-$k-q$q $k $q 'l2.iperf_time=$secs l2.iperf_phases=quiet,loaded'"
             done
         done
