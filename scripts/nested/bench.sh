@@ -147,11 +147,14 @@ for d in "$res"/r*-*; do
     variant=${variant:-std}
     { grep -a '^L2: iperf3 ' "$d/console" | tr -d '\r' | grep 'mbps=' || true; } | while read -r _ _ a b c; do
         if [ "${a}" = loaded ]; then phase=loaded dir=$b m=${c#mbps=}; else phase=quiet dir=$a m=${b#mbps=}; fi
-        cpu=$(grep -a "vmm_cpu_s=.* for L2: iperf3 $( [ "$phase" = loaded ] && echo 'loaded ')$dir mbps=" "$d/stderr" |
+        # l1-run.sh's lines about this run end in "for" and its console line.
+        run="for L2: iperf3 $dir mbps="
+        [ "$phase" = quiet ] || run="for L2: iperf3 loaded $dir mbps="
+        cpu=$(grep -a "vmm_cpu_s=.* $run" "$d/stderr" |
             sed -n 's/.*vmm_cpu_s=\([0-9.]*\).*/\1/p' | head -n 1 || true)
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${r#r}" "$k" "${q#q}" "$variant" "$phase" "$dir" "$m" "${cpu:--}" >>"$tsv"
         # Where L1's CPU went in that run (l1-run.sh's cpu_split line), by class.
-        grep -a "cpu_split .* for L2: iperf3 $( [ "$phase" = loaded ] && echo 'loaded ')$dir mbps=" "$d/stderr" |
+        grep -a "cpu_split .* $run" "$d/stderr" |
             head -n 1 | awk -v pre="${r#r}\t$k\t${q#q}\t$variant\t$phase\t$dir" '{
                 for (i = 3; i <= NF && $i != "for"; i++) {
                     n = $i; sub(/=.*/, "", n); v = $i; sub(/^[^=]*=/, "", v)
@@ -165,15 +168,24 @@ for d in "$res"/r*-*; do
     done
 done
 
-# The table: medians over rounds, ratios to QEMU vhost=off (and trapvisor vhost=on to QEMU
-# vhost=on), trapvisor's CPU per Gbit.
-awk -F'\t' -v secs="$secs" '
+# For both tables: median(key) of the numbers in vals[key] ("" when none), and the keys of
+# rows[] sorted into order[1..n] (returns n).
+awk_lib='
 function median(key,   n, i, j, t, a) {
     n = split(vals[key], a, " ")
     if (n == 0 || vals[key] == "") return ""
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
+function sort_rows(   n, i, j, r, t) {
+    for (r in rows) order[++n] = r
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (order[j] < order[i]) { t = order[i]; order[i] = order[j]; order[j] = t }
+    return n
+}'
+
+# The table: medians over rounds, ratios to QEMU vhost=off (and trapvisor vhost=on to QEMU
+# vhost=on), trapvisor's CPU per Gbit.
+awk -F'\t' -v secs="$secs" "$awk_lib"'
 NR > 1 && $7 ~ /^[0-9.]+$/ {
     key = $3 "\t" $4 "\t" $5 "\t" $6 "\t" $2
     vals[key] = vals[key] " " $7
@@ -183,8 +195,7 @@ NR > 1 && $7 ~ /^[0-9.]+$/ {
 }
 END {
     printf "%-5s %-6s %-6s %-3s %9s %9s %9s %9s %9s %7s %7s %7s %7s\n", "pairs", "variant", "load", "dir", "tv", "qemu", "before", "tv-vh", "qemu-vh", "tv/q", "bef/q", "vh/qvh", "cpu/Gb"
-    for (r in rows) order[++n] = r
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (order[j] < order[i]) { t = order[i]; order[i] = order[j]; order[j] = t }
+    n = sort_rows()
     for (i = 1; i <= n; i++) {
         r = order[i]
         split(r, f, "\t")
@@ -200,13 +211,8 @@ END {
 }' "$tsv" >"$out/bench.txt"
 
 # Where L1's CPU went: medians of the seconds each class used during a run.
-awk -F'\t' '
-function median(key,   n, i, j, t, a) {
-    n = split(vals[key], a, " ")
-    if (n == 0) return "-"
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return (n % 2) ? a[(n + 1) / 2] : sprintf("%.2f", (a[n / 2] + a[n / 2 + 1]) / 2)
-}
+awk -F'\t' "$awk_lib"'
+function cpu(key,   m) { m = median(key); return m == "" ? "-" : sprintf("%.2f", m) }
 NR > 1 { vals[$3 "\t" $4 "\t" $5 "\t" $6 "\t" $2 "\t" $7] = vals[$3 "\t" $4 "\t" $5 "\t" $6 "\t" $2 "\t" $7] " " $8
          rows[$3 "\t" $4 "\t" $5 "\t" $6] = 1; any = 1 }
 END {
@@ -215,15 +221,14 @@ END {
     print "where L1'"'"'s CPU went, seconds per run (medians): L2'"'"'s vCPU threads / the bottom half (trapvisor'"'"'s"
     print "net workers, QEMU'"'"'s main loop, vhost-net'"'"'s kernel thread) / L1'"'"'s iperf3 / L1 idle (both CPUs)"
     printf "%-5s %-6s %-6s %-3s %19s %19s %19s %19s %19s\n", "pairs", "variant", "load", "dir", "tv", "qemu", "before", "tv-vh", "qemu-vh"
-    for (r in rows) order[++n] = r
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (order[j] < order[i]) { t = order[i]; order[i] = order[j]; order[j] = t }
+    n = sort_rows()
     split("tv qoff before tvvh qon", kinds, " ")
     for (i = 1; i <= n; i++) {
         split(order[i], f, "\t")
         line = sprintf("%-5s %-6s %-6s %-3s", f[1], f[2], f[3], f[4])
         for (k = 1; k <= 5; k++) {
             key = order[i] "\t" kinds[k]
-            cell = (vals[key "\tvcpu"] vals[key "\tbh"] == "") ? "-" : median(key "\tvcpu") "/" median(key "\tbh") "/" median(key "\tiperf3") "/" median(key "\tl1_idle")
+            cell = (vals[key "\tvcpu"] vals[key "\tbh"] == "") ? "-" : cpu(key "\tvcpu") "/" cpu(key "\tbh") "/" cpu(key "\tiperf3") "/" cpu(key "\tl1_idle")
             line = line sprintf(" %19s", cell)
         }
         print line

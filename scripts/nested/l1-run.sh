@@ -93,20 +93,24 @@ vmm_ticks() {
 }
 hz=$(getconf CLK_TCK)
 
+# vmm_pids: the VMM's pid (vmm_pid) and its vhost-net workers' (vmm_vhost), looked up once
+# (not from a $(...) subshell, which would forget them).
+vmm_pid=
+vmm_vhost=
+vmm_pids() {
+    [ -z "$vmm_pid" ] || return 0
+    vmm_pid=$(pgrep -n -x "${vmm:0:15}") || return 0
+    vmm_vhost=$(pgrep -x "vhost-$vmm_pid")
+}
+
 # Where the CPU went, as "NAME TICKS" lines: each thread of the VMM by its name (spaces made
 # _), vhost-net's kernel workers of that VMM (vhost), L1's iperf3 server (iperf3), and L1's
 # idle time over all its CPUs (l1_idle).
-split_pid=
-split_vhost=
-split_pids() {
-    [ -z "$split_pid" ] || return 0
-    split_pid=$(pgrep -n -x "${vmm:0:15}") || return 0
-    split_vhost=$(pgrep -x "vhost-$split_pid" | sed 's|.*|/proc/&/stat|')
-}
 cpu_split() {
-    local f
-    [ -n "$split_pid" ] || return 0
-    f=(/proc/"$split_pid"/task/*/stat $split_vhost)
+    local f t
+    [ -n "$vmm_pid" ] || return 0
+    f=(/proc/"$vmm_pid"/task/*/stat)
+    for t in $vmm_vhost; do f+=("/proc/$t/stat"); done
     [ -z "$srv" ] || f+=("/proc/$srv/stat")
     # One process for all of it (a fork is slow in an emulated L1, and this runs while L2's
     # iperf3 does): the name between the first "(" and the last ")", the ticks after.
@@ -121,15 +125,16 @@ cpu_split() {
 # --pin: L2's vCPU threads on L1's CPU 0, every other thread of the VMM (and its vhost-net
 # workers) on CPU 1.
 pin_threads() {
-    local p t
-    p=$(pgrep -n -x "${vmm:0:15}") || return 0
-    for t in /proc/"$p"/task/*; do
+    local t
+    vmm_pids
+    [ -n "$vmm_pid" ] || return 0
+    for t in /proc/"$vmm_pid"/task/*; do
         case "$(cat "$t/comm" 2>/dev/null)" in
         vcpu* | "CPU "*) taskset -p -c 0 "${t##*/}" >/dev/null ;;
         *) taskset -p -c 1 "${t##*/}" >/dev/null ;;
         esac
     done
-    for t in $(pgrep -x "vhost-$p"); do taskset -p -c 1 "$t" >/dev/null; done
+    for t in $vmm_vhost; do taskset -p -c 1 "$t" >/dev/null; done
     echo "l1-run: pinned vCPU threads to CPU 0, the rest to CPU 1" >&2
 }
 
@@ -168,7 +173,7 @@ start=$EPOCHREALTIME
             ;;
         "L2: iperf3 begin"*)
             t0=$(vmm_ticks)
-            split_pids
+            vmm_pids
             split0=$(cpu_split)
             ;;
         "L2: iperf3 "*mbps=*)
