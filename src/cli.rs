@@ -95,7 +95,9 @@ pub struct RunArgs {
     /// Add a virtio-net (PCI) on a TAP; repeat for more NICs. Options: tap=NAME (required;
     /// attached if it exists, else created until trapvisor exits), mac=52:54:00:12:34:56
     /// (default: derived from the name), queues=N (queue pairs, a TAP queue and a worker
-    /// thread each), notify=ioeventfd|exit, irq=irqfd|msi, offload=on|off.
+    /// thread each), notify=ioeventfd|exit, irq=irqfd|msi, offload=on|off, vhost=on|off,
+    /// txhold=US (how long a transmit interrupt may wait behind a receive interrupt that
+    /// carries its completion along; default 300, 0: never).
     #[arg(long, value_name = "tap=NAME[,OPTIONS]")]
     pub net: Vec<NetConfig>,
     /// Add a virtio-blk (PCI) on a raw image file or block device; repeat for more disks.

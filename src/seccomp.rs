@@ -119,6 +119,7 @@ fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
             libc::SYS_ppoll,
+            libc::SYS_timerfd_settime, // txhold's timer
         ],
         ThreadKind::BlockWorker => &[
             libc::SYS_ioctl, // KVM_SIGNAL_MSI (irq=msi)

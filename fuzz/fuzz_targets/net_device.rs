@@ -21,7 +21,9 @@
 //! (every TX chain given back is a frame the backend took or a counted drop, every RX chain
 //! given back is a filled buffer or a counted bad/small one, every frame a backend gave is
 //! delivered or counted, every control chain is answered or counted); the backends' queue
-//! attachment and offloads follow the commands acknowledged OK; the config space stays sane.
+//! attachment and offloads follow the commands acknowledged OK; the config space stays sane;
+//! and once the workers go idle at the end (one more look, then the `txhold` timer), no
+//! transmit interrupt stays owed.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -179,6 +181,15 @@ enum Op {
     ReadConfig {
         offset: u8,
         len: u8,
+    },
+    /// What a pair's worker does after a batch of events (`txhold`: look once more, decide
+    /// or hold a transmit interrupt).
+    WorkerIdle {
+        pair: u8,
+    },
+    /// A pair's `txhold` timer expires.
+    HoldExpired {
+        pair: u8,
     },
 }
 
@@ -505,6 +516,12 @@ impl Rig {
                     self.handle.wake_ready();
                 }
             }
+            Op::WorkerIdle { pair: p } => {
+                self.handle.worker_idle(usize::from(p) % (self.npairs + 1));
+            }
+            Op::HoldExpired { pair: p } => {
+                self.handle.hold_expired(usize::from(p) % (self.npairs + 1));
+            }
             Op::Ready { pair: p, events } => {
                 let bits = [
                     EventSet::IN,
@@ -772,4 +789,15 @@ fuzz_target!(|input: Input| {
         rig.scan();
         rig.check();
     }
+    // The workers go idle: no transmit interrupt stays owed (`txhold`: one more look, then
+    // the hold's timer).
+    for p in 0..rig.npairs {
+        while rig.handle.worker_idle(p) {}
+        rig.handle.hold_expired(p);
+        assert!(
+            !rig.handle.tx_interrupt_pending(p),
+            "pair {p}: a transmit interrupt left undecided"
+        );
+    }
+    rig.check();
 });

@@ -1,4 +1,5 @@
-//! `--net tap=NAME[,mac=MAC][,queues=N][,notify=ioeventfd|exit][,irq=irqfd|msi][,offload=on|off]`.
+//! `--net tap=NAME[,mac=MAC][,queues=N][,notify=ioeventfd|exit][,irq=irqfd|msi][,offload=on|off]
+//! [,vhost=on|off][,txhold=US]`.
 use std::fmt;
 use std::str::FromStr;
 
@@ -7,6 +8,10 @@ use crate::virtio::{DeviceOptions, IrqMode, NotifyMode};
 
 /// The most queue pairs one virtio-net device offers (a worker thread each).
 pub const MAX_PAIRS: u16 = 64;
+
+/// `txhold`'s default and largest value, in microseconds.
+pub const TXHOLD_DEFAULT_US: u32 = 300;
+pub const TXHOLD_MAX_US: u32 = 10_000;
 
 /// One NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +27,9 @@ pub struct NetConfig {
     /// `vhost=on`: the kernel's vhost-net moves the frames of every queue pair (the control
     /// queue stays here); needs `/dev/vhost-net`, notify=ioeventfd and irq=irqfd.
     pub vhost: bool,
+    /// `txhold=US`: how long the worker may hold a transmit interrupt behind a receive
+    /// interrupt (the driver's receive handler usually takes the completion along); 0: never.
+    pub txhold_us: u32,
     pub transport: DeviceOptions,
 }
 
@@ -34,6 +42,7 @@ impl NetConfig {
             queues: 1,
             offload: true,
             vhost: false,
+            txhold_us: TXHOLD_DEFAULT_US,
             transport: DeviceOptions::default(),
         }
     }
@@ -86,7 +95,7 @@ impl FromStr for NetConfig {
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let (key, value) = item.split_once('=').ok_or_else(|| {
                 format!(
-                    "'{item}' is not key=value (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=)"
+                    "'{item}' is not key=value (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=, txhold=)"
                 )
             })?;
             if seen.contains(&key) {
@@ -124,10 +133,19 @@ impl FromStr for NetConfig {
                         _ => return Err(format!("vhost={value}: use on or off")),
                     }
                 }
+                "txhold" => {
+                    cfg.txhold_us = value
+                        .parse()
+                        .ok()
+                        .filter(|us| *us <= TXHOLD_MAX_US)
+                        .ok_or_else(|| {
+                            format!("txhold={value}: use microseconds from 0 (off) to {TXHOLD_MAX_US}")
+                        })?;
+                }
                 "notify" | "irq" => transport.push(item),
                 _ => {
                     return Err(format!(
-                        "unknown option '{key}' (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=)"
+                        "unknown option '{key}' (tap=NAME, mac=, queues=, notify=, irq=, offload=, vhost=, txhold=)"
                     ))
                 }
             }
@@ -150,14 +168,17 @@ impl fmt::Display for NetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tap={},mac={},queues={},offload={},{}{}",
+            "tap={},mac={},queues={},offload={},{}",
             self.tap,
             format_mac(&self.mac()),
             self.queues,
             if self.offload { "on" } else { "off" },
             if self.vhost { "vhost=on," } else { "" },
-            self.transport
-        )
+        )?;
+        if self.txhold_us != TXHOLD_DEFAULT_US {
+            write!(f, "txhold={},", self.txhold_us)?;
+        }
+        write!(f, "{}", self.transport)
     }
 }
 
@@ -186,6 +207,14 @@ mod tests {
             .unwrap();
         assert!(c.vhost);
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
+        let c: NetConfig = "tap=tv3,txhold=0".parse().unwrap();
+        assert_eq!(c.txhold_us, 0);
+        assert!(c.to_string().contains(",txhold=0,"), "{c}");
+        assert_eq!(c.to_string().parse::<NetConfig>().unwrap().txhold_us, 0);
+        assert!(!NetConfig::new("x").to_string().contains("txhold"));
+        let c: NetConfig = "tap=tv3,txhold=10000".parse().unwrap();
+        assert_eq!(c.txhold_us, TXHOLD_MAX_US);
+        assert_eq!(NetConfig::new("x").txhold_us, TXHOLD_DEFAULT_US);
         let c: NetConfig = "irq=msi, tap=x".parse().unwrap();
         assert_eq!(
             (c.tap.as_str(), c.transport.notify),
@@ -216,6 +245,9 @@ mod tests {
             ("tap=tv0,vhost=on,notify=exit", "notify=ioeventfd"),
             ("tap=tv0,vhost=on,irq=msi", "irq=irqfd"),
             ("tap=tv0,speed=10G", "unknown option"),
+            ("tap=tv0,txhold=10001", "0 (off) to 10000"),
+            ("tap=tv0,txhold=-1", "0 (off) to 10000"),
+            ("tap=tv0,txhold=1ms", "0 (off) to 10000"),
             ("tap=tv0,queues", "not key=value"),
         ] {
             let err = bad.parse::<NetConfig>().unwrap_err();

@@ -63,6 +63,12 @@ pub struct TxCounters {
     pub passes: u64,
     /// Stores of the used index (one per chain completed).
     pub publications: u64,
+    /// Interrupts held behind a receive interrupt (`txhold`), then found no longer wanted
+    /// (the driver took the completions with the received frames), or sent when the hold
+    /// expired.
+    pub irq_held: u64,
+    pub irq_held_avoided: u64,
+    pub irq_held_expired: u64,
     pub drops: TxDrops,
 }
 
@@ -231,6 +237,9 @@ fn add_tx(t: &mut TxCounters, p: &TxCounters) {
     t.copied_bytes += p.copied_bytes;
     t.passes += p.passes;
     t.publications += p.publications;
+    t.irq_held += p.irq_held;
+    t.irq_held_avoided += p.irq_held_avoided;
+    t.irq_held_expired += p.irq_held_expired;
     d.bad_chain += pd.bad_chain;
     d.bad_head += pd.bad_head;
     d.bad_header += pd.bad_header;
@@ -306,6 +315,9 @@ impl TxCounters {
             ("copied_bytes", self.copied_bytes),
             ("passes", self.passes),
             ("publications", self.publications),
+            ("irq_held", self.irq_held),
+            ("irq_held_avoided", self.irq_held_avoided),
+            ("irq_held_expired", self.irq_held_expired),
             ("drops.bad_chain", d.bad_chain),
             ("drops.bad_head", d.bad_head),
             ("drops.bad_header", d.bad_header),

@@ -26,6 +26,7 @@ use super::config::{format_mac, NetConfig};
 use super::counters::NetCounters;
 use super::ctrl::{CtrlActive, CtrlState, GUEST_OFFLOAD_FEATURES};
 use super::header::{RX_BIG_LEN, RX_SMALL_LEN};
+use super::hold::{HoldStep, TxHold};
 use super::pair::{ActivePair, Pair, PairState, TOKEN_WAKE};
 use super::tap::{offload_from_features, Tap, TapError};
 use super::used::UsedRing;
@@ -336,6 +337,34 @@ impl NetHandle {
         self.shared.kick(q, 1, 0, false);
     }
 
+    /// What pair `p`'s worker does after each batch of events: decide a transmit interrupt
+    /// that it would not hold (module `hold`). True when it would first look once more
+    /// without blocking (then it is asked again).
+    pub fn worker_idle(&self, p: usize) -> bool {
+        self.shared
+            .pairs
+            .get(p)
+            .is_some_and(|pair| pair.after_events() == HoldStep::Peek)
+    }
+
+    /// What pair `p`'s worker does when its `txhold` timer expires.
+    pub fn hold_expired(&self, p: usize) {
+        if let Some(pair) = self.shared.pairs.get(p) {
+            pair.hold_expired();
+        }
+    }
+
+    /// Whether pair `p` owes the driver a transmit interrupt decision (held or about to be
+    /// decided; none once the hold expired).
+    pub fn tx_interrupt_pending(&self, p: usize) -> bool {
+        self.shared.pairs.get(p).is_some_and(|pair| {
+            let st = pair.lock();
+            st.active
+                .as_ref()
+                .is_some_and(|a| a.hold.held() || a.hold.uncovered())
+        })
+    }
+
     /// What the workers do when a notify=exit kick leaves them a transmit stream.
     pub fn wake_ready(&self) {
         for pair in &self.shared.pairs {
@@ -410,7 +439,7 @@ impl Net {
         }
         let mut pairs = Vec::with_capacity(n);
         for (i, b) in backends.into_iter().enumerate() {
-            let pair = Pair::new(i, b).map_err(NetError::Epoll)?;
+            let pair = Pair::new(i, b, cfg.txhold_us).map_err(NetError::Epoll)?;
             pair.epoll
                 .ctl(
                     ControlOperation::Add,
@@ -719,6 +748,7 @@ impl VirtioDevice for Net {
                     rx_stalled: false,
                     rx_enabled: enabled,
                     vhost: st.vhost.is_some(),
+                    hold: TxHold::default(),
                 });
                 if st.vhost.is_some() {
                     if let Err(e) = self.start_vhost(p, &mut st, &mem, interrupt.as_ref()) {

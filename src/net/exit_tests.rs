@@ -1,12 +1,13 @@
 //! Transmit kicks served on the vCPU thread (notify=exit, `Pair::kick_tx_exit`): one small
 //! chain is sent there and the reply read before the kick returns; a stream or a large chain
-//! is left to the worker.
+//! is left to the worker. The rig (a TAP that answers every frame) serves `hold_tests` too.
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,11 +16,13 @@ use crate::net::ctrl::tests::{queue, rings, NoIrq, SIZE};
 use crate::net::header::HDR_LEN;
 use crate::net::{Net, NetConfig};
 use crate::seccomp::SeccompMode;
-use crate::virtio::{feature, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    feature, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 
-const RXQ: u64 = 0;
-const TXQ: u64 = 1;
+pub(super) const RXQ: u64 = 0;
+pub(super) const TXQ: u64 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 
 /// A TAP whose host answers every frame at once, inside the `writev` (as the kernel's stack
@@ -71,9 +74,9 @@ impl NetBackend for Echo {
     }
 }
 
-struct Rig {
-    mem: GuestMemoryMmap,
-    net: Net,
+pub(super) struct Rig {
+    pub mem: GuestMemoryMmap,
+    pub net: Net,
     written: Arc<Mutex<usize>>,
     avail: [u16; 2],
 }
@@ -82,14 +85,26 @@ impl Rig {
     /// An active device with two receive buffers posted.
     fn new() -> Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let features = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF);
+        Rig::with(mem, features, Arc::new(NoIrq), NetConfig::new("echo0"))
+    }
+
+    /// An active device `cfg` (its `tap` only names it) on `mem` (1 MiB from 0) with
+    /// `features` accepted, interrupting through `irq`, with two receive buffers posted.
+    pub fn with(
+        mem: GuestMemoryMmap,
+        features: u64,
+        irq: Arc<dyn VirtioInterrupt>,
+        cfg: NetConfig,
+    ) -> Rig {
         let written = Arc::new(Mutex::new(0));
         let echo = Echo {
             evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             queued: Arc::default(),
             written: written.clone(),
         };
-        let mut net = Net::with_backends(&NetConfig::new("echo0"), vec![Box::new(echo)]).unwrap();
-        net.ack_features(feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF));
+        let mut net = Net::with_backends(&cfg, vec![Box::new(echo)]).unwrap();
+        net.ack_features(features);
         let mut rig = Rig {
             mem: mem.clone(),
             net,
@@ -99,8 +114,15 @@ impl Rig {
         for i in 0..2u64 {
             rig.add(RXQ, 0x8_0000 + 0x1000 * i, 2048, VRING_DESC_F_WRITE);
         }
-        let queues = (0..3u64).map(queue).collect();
-        rig.net.activate(mem, queues, Arc::new(NoIrq)).unwrap();
+        let event_idx = features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let queues = (0..3u64)
+            .map(|q| {
+                let mut queue = queue(q);
+                queue.set_event_idx(event_idx);
+                queue
+            })
+            .collect();
+        rig.net.activate(mem, queues, irq).unwrap();
         rig
     }
 
@@ -121,7 +143,7 @@ impl Rig {
     }
 
     /// Queues a frame of `len` bytes (header included) to send, filled with `fill`.
-    fn send(&mut self, n: u64, len: u32, fill: u8) {
+    pub fn send(&mut self, n: u64, len: u32, fill: u8) {
         let addr = 0x2_0000 + 0x1_0000 * n;
         let mut frame = vec![fill; len as usize];
         frame[..HDR_LEN].fill(0);
@@ -129,11 +151,11 @@ impl Rig {
         self.add(TXQ, addr, len, 0);
     }
 
-    fn used_idx(&self, q: u64) -> u16 {
+    pub fn used_idx(&self, q: u64) -> u16 {
         self.mem.read_obj(GuestAddress(rings(q).2 + 2)).unwrap()
     }
 
-    fn written(&self) -> usize {
+    pub fn written(&self) -> usize {
         *self.written.lock().unwrap()
     }
 }

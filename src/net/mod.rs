@@ -6,7 +6,8 @@
 //! * [`device`]: the virtio-net device ([`Net`]): features, config space, queue roles, and the
 //!   worker threads ([`NetHandle`]). Its parts: [`chain`] (checking untrusted descriptor
 //!   chains), [`used`] (the used ring and interrupt suppression), [`header`] (the vnet header and its checks), `tx`, `rx`, `ctrl`
-//!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), [`counters`], `trace` (what a run
+//!   (the three queue kinds), `pair` and `worker` (a queue pair and its thread), `hold` (a
+//!   transmit interrupt held behind a receive interrupt), [`counters`], `trace` (what a run
 //!   records on the `--trace` timeline).
 //! * [`config`]: `--net tap=NAME,...`; [`backend`]: what a pair needs from its TAP queue;
 //!   [`vhost`]: `vhost=on`, the kernel's vhost-net as a pair's bottom half.
@@ -19,6 +20,9 @@ pub mod device;
 #[cfg(test)]
 mod exit_tests;
 pub mod header;
+mod hold;
+#[cfg(test)]
+mod hold_tests;
 mod pair;
 mod rx;
 pub mod tap;

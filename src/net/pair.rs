@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::NetBackend;
 use super::chain::{IoVecs, RamMap, Seg};
 use super::counters::PairCounters;
+use super::hold::{HoldStep, TxHold};
 use super::rx::RxBuffers;
 use super::trace::Tracer;
 use super::used::UsedRing;
@@ -28,6 +29,8 @@ use crate::virtio::{VirtioInterrupt, VirtioInterruptType};
 pub(crate) const TOKEN_STOP: u64 = u64::MAX;
 pub(crate) const TOKEN_WAKE: u64 = u64::MAX - 1;
 pub(crate) const TOKEN_TAP: u64 = u64::MAX - 2;
+/// The worker's `txhold` timer.
+pub(crate) const TOKEN_HOLD: u64 = u64::MAX - 3;
 
 /// A transmit kick on the vCPU thread sends a chain there only up to this size (a request,
 /// an ACK); a larger one (a TSO segment) goes to the worker.
@@ -45,6 +48,9 @@ pub(crate) struct Pair {
     pub wake: EventFd,
     /// A notify=exit kick found a stream of chains and left it to the worker.
     handoff: AtomicBool,
+    /// `txhold`: how long a transmit interrupt may be held behind a receive interrupt, in
+    /// microseconds (0: never held).
+    pub txhold_us: u32,
     state: Mutex<PairState>,
 }
 
@@ -95,16 +101,23 @@ pub(crate) struct ActivePair {
     pub rx_enabled: bool,
     /// vhost-net serves both rings: this thread neither reads nor writes the TAP for them.
     pub vhost: bool,
+    /// The transmit interrupt wanted and not yet sent (module `hold`).
+    pub hold: TxHold,
 }
 
 impl Pair {
-    pub fn new(index: usize, backend: Box<dyn NetBackend>) -> std::io::Result<Pair> {
+    pub fn new(
+        index: usize,
+        backend: Box<dyn NetBackend>,
+        txhold_us: u32,
+    ) -> std::io::Result<Pair> {
         Ok(Pair {
             index,
             backend,
             epoll: Epoll::new()?,
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             handoff: AtomicBool::new(false),
+            txhold_us,
             state: Mutex::new(PairState {
                 active: None,
                 attached: true,
@@ -179,7 +192,8 @@ impl Pair {
         st.counters.tx.wakeups += 1;
         st.flow = flow;
         let sent = st.counters.tx.frames;
-        self.run_tx(st);
+        // On the vCPU thread (`read_after`) nothing is held: no worker would come back to it.
+        self.run_tx(st, !read_after);
         if read_after && st.counters.tx.frames != sent {
             self.run_rx(st);
         }
@@ -207,6 +221,28 @@ impl Pair {
             return;
         }
         self.serve_tx(&mut st, flow, true);
+    }
+
+    /// The worker handled a batch of events: what to do about a transmit interrupt not yet
+    /// sent (module `hold`). `Decide` is done here; the caller peeks, arms the timer or waits.
+    pub fn after_events(&self) -> HoldStep {
+        let mut st = self.lock();
+        let Some(a) = st.active.as_mut() else {
+            return HoldStep::Wait;
+        };
+        let step = a.hold.step();
+        if step == HoldStep::Decide {
+            st.decide_tx(false);
+        }
+        step
+    }
+
+    /// The hold's timer expired: the held transmit interrupt is sent if still wanted.
+    pub fn hold_expired(&self) {
+        let mut st = self.lock();
+        if st.active.as_ref().is_some_and(|a| a.hold.held()) {
+            st.decide_tx(true);
+        }
     }
 
     /// The worker's side of a handoff from [`Pair::kick_tx_exit`].
@@ -243,7 +279,7 @@ impl Pair {
             if let Some(a) = st.active.as_mut() {
                 a.tx_blocked = false;
             }
-            self.run_tx(&mut st);
+            self.run_tx(&mut st, true);
         }
         if events.contains(EventSet::IN) {
             self.run_rx(&mut st);
@@ -253,8 +289,9 @@ impl Pair {
         gone_now
     }
 
-    fn run_tx(&self, st: &mut PairState) {
-        if let Err(e) = st.process_tx(self.backend.as_ref()) {
+    /// A transmit pass; `worker`: on the pair's worker, which may hold its interrupt.
+    fn run_tx(&self, st: &mut PairState, worker: bool) {
+        if let Err(e) = st.process_tx(self.backend.as_ref(), worker && self.txhold_us > 0) {
             st.publish_after_error(true);
             st.counters.queue_errors += 1;
             log::debug!("{}: transmit queue: {e}", self.backend.describe());
@@ -262,7 +299,16 @@ impl Pair {
     }
 
     fn run_rx(&self, st: &mut PairState) {
-        if let Err(e) = st.process_rx(self.backend.as_ref()) {
+        let interrupts = st.counters.rx.interrupts;
+        let result = st.process_rx(self.backend.as_ref());
+        if st.counters.rx.interrupts != interrupts {
+            if let Some(a) = st.active.as_mut() {
+                if a.hold.rx_interrupt() {
+                    st.counters.tx.irq_held += 1;
+                }
+            }
+        }
+        if let Err(e) = result {
             // A ring the driver broke (an available index past the queue size, say): stop
             // polling the TAP until the driver kicks again, rather than spin on it.
             if let Some(a) = st.active.as_mut() {
@@ -341,16 +387,13 @@ impl<'a> IrqCounters<'a> {
     }
 }
 
-/// Publishes the pending used entries and interrupts the driver if it wants it. `trace`:
-/// the run's tracer (the publication is a span, the interrupt ends its flow).
-pub(crate) fn signal(
+/// Publishes the pending used entries (a span on the run's `trace`); how many.
+pub(crate) fn publish(
     used: &mut UsedRing,
     mem: &GuestMemoryMmap,
-    interrupt: &dyn VirtioInterrupt,
     index: u16,
-    c: IrqCounters<'_>,
     trace: &Option<Tracer<'_>>,
-) -> Result<(), virtio_queue::Error> {
+) -> Result<u16, virtio_queue::Error> {
     let start = trace.as_ref().map(|_| Instant::now());
     let published = used.pending();
     used.publish(mem)?;
@@ -364,6 +407,20 @@ pub(crate) fn signal(
             );
         }
     }
+    Ok(published)
+}
+
+/// Publishes the pending used entries and interrupts the driver if it wants it. `trace`:
+/// the run's tracer (the publication is a span, the interrupt ends its flow).
+pub(crate) fn signal(
+    used: &mut UsedRing,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    c: IrqCounters<'_>,
+    trace: &Option<Tracer<'_>>,
+) -> Result<(), virtio_queue::Error> {
+    publish(used, mem, index, trace)?;
     if used.unsignalled() == 0 {
         return Ok(());
     }

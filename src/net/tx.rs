@@ -19,6 +19,13 @@
 //! the first skb's completion until the second one's `writev` was done, so guest and device
 //! took turns instead of overlapping. What it costs per chain: a store, a fence and a load
 //! against a `writev` of 1–2 µs or more.
+//!
+//! **On the worker, the last completion of a pass may be held** behind a receive interrupt
+//! (`txhold`, module `hold`): published at once like every other, its interrupt waits for
+//! one more look at the worker's events, and if that brings received frames with their own
+//! interrupt, the driver's receive handler takes the completion along and the transmit
+//! interrupt is usually not wanted any more. A completion that another chain follows still
+//! gets its interrupt before that chain's `writev`.
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -26,9 +33,12 @@ use super::backend::NetBackend;
 use super::chain::{read_host, walk, ChainError, Direction, IoVecs, RamMap, Seg};
 use super::counters::TxCounters;
 use super::header::{validate_tx, VnetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN};
-use super::pair::{signal, IrqCounters, PairState};
+use super::hold::TxHold;
+use super::pair::{publish, signal, IrqCounters, PairState};
 use super::trace::{self, Tracer};
+use super::used::UsedRing;
 use crate::virtio::queue::DrainPasses;
+use crate::virtio::VirtioInterrupt;
 
 /// What became of one chain.
 enum Sent {
@@ -66,11 +76,17 @@ impl Cause {
 }
 
 impl PairState {
-    /// Sends what the driver queued, until the queue is empty or the TAP is full.
+    /// Sends what the driver queued, until the queue is empty or the TAP is full. `hold`: the
+    /// interrupt the last completion wants may be left to the worker (module `hold`).
     pub(crate) fn process_tx(
         &mut self,
         backend: &dyn NetBackend,
+        hold: bool,
     ) -> Result<(), virtio_queue::Error> {
+        if self.active.as_ref().is_some_and(|a| a.hold.held()) {
+            // A new pass decides the held interrupt first: the driver has run since.
+            self.decide_tx(false);
+        }
         let PairState {
             active,
             counters,
@@ -100,6 +116,12 @@ impl PairState {
             let mut found = false;
             while let Some(chain) = chains.next() {
                 found = true;
+                if a.hold.uncovered() {
+                    // The previous completion's interrupt goes before this chain's writev.
+                    a.hold.decided();
+                    let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
+                    signal(&mut a.tx_used, mem, intr, a.tx_index, irq, &tr)?;
+                }
                 let head = chain.head_index();
                 if usize::from(head) >= max_desc {
                     // Not a chain we can even give back.
@@ -142,8 +164,16 @@ impl PairState {
                 // used_event, before the next chain's writev (see the module doc).
                 a.tx_used.add(mem, head, 0)?;
                 c.publications += 1;
-                let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
-                signal(&mut a.tx_used, mem, intr, a.tx_index, irq, &tr)?;
+                let (intr, index) = (a.interrupt.as_ref(), a.tx_index);
+                complete(
+                    &mut a.tx_used,
+                    &mut a.hold,
+                    mem,
+                    (intr, index),
+                    c,
+                    hold,
+                    &tr,
+                )?;
                 popped = trace::now(&tr);
             }
             c.passes += 1;
@@ -155,9 +185,66 @@ impl PairState {
         iov.clear();
         a.tx_blocked = blocked;
         a.txq.set_next_used(a.tx_used.next_used());
-        let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
-        signal(&mut a.tx_used, mem, intr, a.tx_index, irq, &tr)
+        let (intr, index) = (a.interrupt.as_ref(), a.tx_index);
+        complete(
+            &mut a.tx_used,
+            &mut a.hold,
+            mem,
+            (intr, index),
+            c,
+            hold,
+            &tr,
+        )
     }
+
+    /// Decides the transmit interrupt not sent yet (held or uncovered), against `used_event`
+    /// now. `expired`: the hold's timer ran out.
+    pub(crate) fn decide_tx(&mut self, expired: bool) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let held = a.hold.held();
+        a.hold.decided();
+        let c = &mut self.counters.tx;
+        let sent = c.interrupts;
+        let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
+        // Everything was published already: an error here is a ring the driver moved out of
+        // RAM since, read for its used_event.
+        let ok = signal(&mut a.tx_used, &a.mem, intr, a.tx_index, irq, &None).is_ok();
+        if held && c.interrupts == sent {
+            c.irq_held_avoided += 1;
+        } else if held && expired {
+            c.irq_held_expired += 1;
+        }
+        if !ok {
+            self.counters.queue_errors += 1;
+        }
+    }
+}
+
+/// Publishes what was completed and decides the interrupt now, or (`hold`) marks it wanted for
+/// the worker to decide (module `hold`).
+fn complete(
+    used: &mut UsedRing,
+    h: &mut TxHold,
+    mem: &GuestMemoryMmap,
+    (intr, index): (&dyn VirtioInterrupt, u16),
+    c: &mut TxCounters,
+    hold: bool,
+    tr: &Option<Tracer<'_>>,
+) -> Result<(), virtio_queue::Error> {
+    if !hold {
+        h.decided();
+        return signal(used, mem, intr, index, IrqCounters::tx(c), tr);
+    }
+    if publish(used, mem, index, tr)? > 0 && !h.uncovered() {
+        if used.wants_notification(mem)? {
+            h.want();
+        } else {
+            c.interrupts_suppressed += 1;
+        }
+    }
+    Ok(())
 }
 
 /// The trace span of popping and checking one chain.
@@ -376,6 +463,12 @@ mod tests {
         net.activate(mem, queues, Arc::new(Irq(driver.clone())))
             .unwrap();
         net.handle().ioeventfd_kick(TXQ as usize);
+        // The worker's end of the batch: an interrupt the last completion wants is sent after
+        // one more look (which finds nothing: this TAP never has a frame to read).
+        if net.handle().worker_idle(0) {
+            assert!(!net.handle().worker_idle(0), "one look only");
+        }
+        assert!(!net.handle().tx_interrupt_pending(0));
         let d = std::mem::replace(
             &mut *driver.lock().unwrap(),
             Driver {

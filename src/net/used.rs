@@ -164,8 +164,16 @@ impl UsedRing {
         &mut self,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, virtio_queue::Error> {
-        let new = self.next_used;
-        let old = std::mem::replace(&mut self.last_signalled, new);
+        let wanted = self.wants_notification(mem);
+        self.last_signalled = self.next_used;
+        wanted
+    }
+
+    /// [`Self::needs_notification`]'s answer, without marking what was published as
+    /// considered: asked again later, the question covers it still (against `used_event` as
+    /// the driver has it then).
+    pub fn wants_notification(&self, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+        let (new, old) = (self.next_used, self.last_signalled);
         if new == old {
             return Ok(false);
         }

@@ -4,8 +4,10 @@
 //! queues' ioeventfds, with notify=ioeventfd; the control queue's goes to pair 0's worker, or
 //! to whichever worker's pair the negotiated layout puts it in), the pair's TAP fd (only while
 //! there is work for it, see `Pair::sync_poll`), the VM's stop eventfd (polled, never read),
-//! and its own wake eventfd. A kick runs the queue's handler on this thread; no exit, no
-//! event-loop hop.
+//! its own wake eventfd and its `txhold` timer. A kick runs the queue's handler on this
+//! thread; no exit, no event-loop hop. After each batch of events the pair says what to do
+//! about a transmit interrupt not sent yet (module `hold`): look once more without blocking,
+//! start the hold's timer, or wait.
 //!
 //! The threads are made when the VM starts (`NetHandle::start`, before any seccomp filter:
 //! a vCPU thread, which is where DRIVER_OK and resets happen, may not create threads), live
@@ -20,9 +22,11 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::{NetError, Shared};
-use super::pair::{TOKEN_STOP, TOKEN_TAP, TOKEN_WAKE};
+use super::hold::HoldStep;
+use super::pair::{TOKEN_HOLD, TOKEN_STOP, TOKEN_TAP, TOKEN_WAKE};
 use super::trace::Wakeup;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 
@@ -79,6 +83,15 @@ fn spawn_one(
             EpollEvent::new(EventSet::IN, TOKEN_STOP),
         )
         .map_err(NetError::Epoll)?;
+    // Made here: the worker's seccomp filter allows setting a timer, not creating one.
+    let mut timer = TimerFd::new().map_err(|e| NetError::Epoll(e.into()))?;
+    pair.epoll
+        .ctl(
+            ControlOperation::Add,
+            timer.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_HOLD),
+        )
+        .map_err(NetError::Epoll)?;
     let sh = shared.clone();
     std::thread::Builder::new()
         .name(format!("net{p}-{}", shared.name))
@@ -87,22 +100,22 @@ fn spawn_one(
             let ok = filter.is_ok();
             let _ = ready.send(filter);
             if ok {
-                run(&sh, p);
+                run(&sh, p, &mut timer);
             }
-            let _ = sh.pairs[p].epoll.ctl(
-                ControlOperation::Delete,
-                stop.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            for fd in [stop.as_raw_fd(), timer.as_raw_fd()] {
+                let _ = sh.pairs[p]
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
             // Closed by the joining thread: closing may take syscalls the filter forbids
             // (debug builds check the fd with fcntl).
-            stop
+            (stop, timer)
         })
         .map_err(NetError::Spawn)
 }
 
-/// A worker thread; joining it gives back its copy of the stop eventfd, to close.
-pub(crate) type Worker = JoinHandle<EventFd>;
+/// A worker thread; joining it gives back its copy of the stop eventfd and its timer, to close.
+pub(crate) type Worker = JoinHandle<(EventFd, TimerFd)>;
 
 /// Ends the workers and joins them.
 pub(crate) fn stop_all(shared: &Shared, threads: Vec<Worker>) {
@@ -116,11 +129,12 @@ pub(crate) fn stop_all(shared: &Shared, threads: Vec<Worker>) {
     shared.quit.store(false, Ordering::SeqCst);
 }
 
-fn run(shared: &Shared, p: usize) {
+fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
     let pair = &shared.pairs[p];
     let mut events = vec![EpollEvent::default(); 16];
+    let mut timeout = -1;
     loop {
-        let n = match pair.epoll.wait(-1, &mut events) {
+        let n = match pair.epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -131,6 +145,10 @@ fn run(shared: &Shared, p: usize) {
         for ev in &events[..n] {
             match ev.data() {
                 TOKEN_STOP => return,
+                TOKEN_HOLD => {
+                    let _ = timer.wait();
+                    pair.hold_expired();
+                }
                 TOKEN_WAKE => {
                     let _ = pair.wake.read();
                     if shared.quit.load(Ordering::SeqCst) {
@@ -172,5 +190,18 @@ fn run(shared: &Shared, p: usize) {
                 }
             }
         }
+        timeout = match pair.after_events() {
+            HoldStep::Peek => 0,
+            HoldStep::ArmTimer => {
+                let hold = std::time::Duration::from_micros(u64::from(pair.txhold_us));
+                if let Err(e) = timer.reset(hold, None) {
+                    // Without its timer a hold could last until the next transmit pass.
+                    log::warn!("{}: txhold timer: {e}; deciding now", shared.name);
+                    pair.hold_expired();
+                }
+                -1
+            }
+            HoldStep::Wait | HoldStep::Decide => -1,
+        };
     }
 }
