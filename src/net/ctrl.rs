@@ -252,6 +252,17 @@ pub(crate) mod tests {
         queue
     }
 
+    /// Every queue of a one-pair device (RX, TX, control), EVENT_IDX as `event_idx` says.
+    pub(crate) fn queues(event_idx: bool) -> Vec<Queue> {
+        (0..3u64)
+            .map(|q| {
+                let mut queue = queue(q);
+                queue.set_event_idx(event_idx);
+                queue
+            })
+            .collect()
+    }
+
     /// Found by the net_device fuzz target (fuzz/regressions/net_device/): a control queue
     /// whose available index is more than the queue size ahead made the kick spin forever
     /// (no chain to pop, yet "more to do" after re-enabling notifications). It is an error for

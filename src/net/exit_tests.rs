@@ -7,12 +7,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::net::backend::NetBackend;
-use crate::net::ctrl::tests::{queue, rings, NoIrq, SIZE};
+use crate::net::ctrl::tests::{queues, rings, NoIrq, SIZE};
 use crate::net::header::HDR_LEN;
 use crate::net::{Net, NetConfig};
 use crate::seccomp::SeccompMode;
@@ -115,14 +114,7 @@ impl Rig {
             rig.add(RXQ, 0x8_0000 + 0x1000 * i, 2048, VRING_DESC_F_WRITE);
         }
         let event_idx = features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
-        let queues = (0..3u64)
-            .map(|q| {
-                let mut queue = queue(q);
-                queue.set_event_idx(event_idx);
-                queue
-            })
-            .collect();
-        rig.net.activate(mem, queues, irq).unwrap();
+        rig.net.activate(mem, queues(event_idx), irq).unwrap();
         rig
     }
 

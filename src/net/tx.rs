@@ -161,7 +161,9 @@ impl PairState {
                     }
                 }
                 // Completed now: published, and the interrupt decided against the driver's
-                // used_event, before the next chain's writev (see the module doc).
+                // used_event (or, `hold`, left to the worker if no chain follows), before the
+                // next chain's writev (see the module doc). Every used entry is published and
+                // decided here: nothing is left for after the loop.
                 a.tx_used.add(mem, head, 0)?;
                 c.publications += 1;
                 let (intr, index) = (a.interrupt.as_ref(), a.tx_index);
@@ -185,16 +187,7 @@ impl PairState {
         iov.clear();
         a.tx_blocked = blocked;
         a.txq.set_next_used(a.tx_used.next_used());
-        let (intr, index) = (a.interrupt.as_ref(), a.tx_index);
-        complete(
-            &mut a.tx_used,
-            &mut a.hold,
-            mem,
-            (intr, index),
-            c,
-            hold,
-            &tr,
-        )
+        Ok(())
     }
 
     /// Decides the transmit interrupt not sent yet (held or uncovered), against `used_event`
@@ -312,12 +305,11 @@ mod tests {
     use std::os::fd::{AsRawFd, RawFd};
     use std::sync::{Arc, Mutex};
 
-    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::EventFd;
 
     use crate::net::backend::NetBackend;
-    use crate::net::ctrl::tests::{queue, rings, SIZE};
+    use crate::net::ctrl::tests::{queues, rings, SIZE};
     use crate::net::{Net, NetConfig};
     use crate::virtio::{
         feature, InterruptError, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
@@ -446,13 +438,7 @@ mod tests {
         };
         let mut net = Net::with_backends(&NetConfig::new("mock0"), vec![Box::new(tap)]).unwrap();
         net.ack_features(feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_EVENT_IDX));
-        let queues = (0..3u64)
-            .map(|q| {
-                let mut queue = queue(q);
-                queue.set_event_idx(true);
-                queue
-            })
-            .collect();
+        let queues = queues(true);
         {
             let mut d = driver.lock().unwrap();
             let event = rearm.map_or(0x8000, |a| a);
