@@ -26,7 +26,7 @@ use super::config::{format_mac, NetConfig};
 use super::counters::NetCounters;
 use super::ctrl::{CtrlActive, CtrlState, GUEST_OFFLOAD_FEATURES};
 use super::header::{RX_BIG_LEN, RX_SMALL_LEN};
-use super::hold::{HoldStep, TxHold};
+use super::hold::TxHold;
 use super::pair::{ActivePair, Pair, PairState, TOKEN_WAKE};
 use super::tap::{offload_from_features, Tap, TapError};
 use super::used::UsedRing;
@@ -289,7 +289,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// itself sits behind its transport.
 #[derive(Clone)]
 pub struct NetHandle {
-    shared: Arc<Shared>,
+    /// (worker.rs runs a worker's steps through it, for drivers without worker threads.)
+    pub(super) shared: Arc<Shared>,
 }
 
 impl NetHandle {
@@ -321,55 +322,6 @@ impl NetHandle {
 
     pub fn counters(&self) -> NetCounters {
         self.shared.counters()
-    }
-
-    /// What a worker does when pair `p`'s backend fd polls `events` (readable, writable,
-    /// error), run on this thread: for drivers of the device without worker threads (the
-    /// fuzz target). A pair that does not exist is ignored.
-    pub fn backend_ready(&self, p: usize, events: EventSet) {
-        if p < self.shared.pairs.len() {
-            self.shared.tap_ready(p, events, 0);
-        }
-    }
-
-    /// What a worker does when queue `q`'s ioeventfd fires (`process_queue` is notify=exit).
-    pub fn ioeventfd_kick(&self, q: usize) {
-        self.shared.kick(q, 1, 0, false);
-    }
-
-    /// What pair `p`'s worker does after each batch of events: decide a transmit interrupt
-    /// that it would not hold (module `hold`). True when it would first look once more
-    /// without blocking (then it is asked again).
-    pub fn worker_idle(&self, p: usize) -> bool {
-        self.shared
-            .pairs
-            .get(p)
-            .is_some_and(|pair| pair.after_events() == HoldStep::Peek)
-    }
-
-    /// What pair `p`'s worker does when its `txhold` timer expires.
-    pub fn hold_expired(&self, p: usize) {
-        if let Some(pair) = self.shared.pairs.get(p) {
-            pair.hold_expired();
-        }
-    }
-
-    /// Whether pair `p` owes the driver a transmit interrupt decision (held or about to be
-    /// decided; none once the hold expired).
-    pub fn tx_interrupt_pending(&self, p: usize) -> bool {
-        self.shared.pairs.get(p).is_some_and(|pair| {
-            let st = pair.lock();
-            st.active
-                .as_ref()
-                .is_some_and(|a| a.hold.held() || a.hold.uncovered())
-        })
-    }
-
-    /// What the workers do when a notify=exit kick leaves them a transmit stream.
-    pub fn wake_ready(&self) {
-        for pair in &self.shared.pairs {
-            pair.serve_handoff();
-        }
     }
 
     pub fn tap_name(&self) -> &str {

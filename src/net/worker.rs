@@ -24,7 +24,7 @@ use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::device::{NetError, Shared};
+use super::device::{NetError, NetHandle, Shared};
 use super::hold::HoldStep;
 use super::pair::{TOKEN_HOLD, TOKEN_STOP, TOKEN_TAP, TOKEN_WAKE};
 use super::trace::Wakeup;
@@ -203,5 +203,58 @@ fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
             }
             HoldStep::Wait | HoldStep::Decide => -1,
         };
+    }
+}
+
+/// A worker's steps, run on the caller's thread: for drivers of the device without worker
+/// threads (tests, the fuzz target).
+impl NetHandle {
+    /// What a worker does when pair `p`'s backend fd polls `events` (readable, writable,
+    /// error), run on this thread: for drivers of the device without worker threads (the
+    /// fuzz target). A pair that does not exist is ignored.
+    pub fn backend_ready(&self, p: usize, events: EventSet) {
+        if p < self.shared.pairs.len() {
+            self.shared.tap_ready(p, events, 0);
+        }
+    }
+
+    /// What a worker does when queue `q`'s ioeventfd fires (`process_queue` is notify=exit).
+    pub fn ioeventfd_kick(&self, q: usize) {
+        self.shared.kick(q, 1, 0, false);
+    }
+
+    /// What pair `p`'s worker does after each batch of events: decide a transmit interrupt
+    /// that it would not hold (module `hold`). True when it would first look once more
+    /// without blocking (then it is asked again).
+    pub fn worker_idle(&self, p: usize) -> bool {
+        self.shared
+            .pairs
+            .get(p)
+            .is_some_and(|pair| pair.after_events() == HoldStep::Peek)
+    }
+
+    /// What pair `p`'s worker does when its `txhold` timer expires.
+    pub fn hold_expired(&self, p: usize) {
+        if let Some(pair) = self.shared.pairs.get(p) {
+            pair.hold_expired();
+        }
+    }
+
+    /// Whether pair `p` owes the driver a transmit interrupt decision (held or about to be
+    /// decided; none once the hold expired).
+    pub fn tx_interrupt_pending(&self, p: usize) -> bool {
+        self.shared.pairs.get(p).is_some_and(|pair| {
+            let st = pair.lock();
+            st.active
+                .as_ref()
+                .is_some_and(|a| a.hold.held() || a.hold.uncovered())
+        })
+    }
+
+    /// What the workers do when a notify=exit kick leaves them a transmit stream.
+    pub fn wake_ready(&self) {
+        for pair in &self.shared.pairs {
+            pair.serve_handoff();
+        }
     }
 }
