@@ -61,6 +61,8 @@ pub enum NetError {
     Epoll(std::io::Error),
     #[error("virtio-net: eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("virtio-net: txhold timer: {0}")]
+    Timer(std::io::Error),
     #[error("cannot start a virtio-net worker thread: {0}")]
     Spawn(std::io::Error),
     #[error("virtio-net worker: {0}")]

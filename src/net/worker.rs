@@ -76,22 +76,17 @@ fn spawn_one(
     let pair = &shared.pairs[p];
     // Our own copy of the stop eventfd: valid for as long as the thread watches it.
     let stop = stop.try_clone().map_err(NetError::EventFd)?;
-    pair.epoll
-        .ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
-        )
-        .map_err(NetError::Epoll)?;
     // Made here: the worker's seccomp filter allows setting a timer, not creating one.
-    let mut timer = TimerFd::new().map_err(|e| NetError::Epoll(e.into()))?;
-    pair.epoll
-        .ctl(
-            ControlOperation::Add,
-            timer.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_HOLD),
-        )
-        .map_err(NetError::Epoll)?;
+    let mut timer = TimerFd::new().map_err(|e| NetError::Timer(e.into()))?;
+    for (fd, token) in [
+        (stop.as_raw_fd(), TOKEN_STOP),
+        (timer.as_raw_fd(), TOKEN_HOLD),
+    ] {
+        let ev = EpollEvent::new(EventSet::IN, token);
+        pair.epoll
+            .ctl(ControlOperation::Add, fd, ev)
+            .map_err(NetError::Epoll)?;
+    }
     let sh = shared.clone();
     std::thread::Builder::new()
         .name(format!("net{p}-{}", shared.name))
