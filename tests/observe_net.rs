@@ -1,7 +1,8 @@
 //! Seeing virtio-net's trap path: `/stats` and `/map` for a VM whose built-in guest pinged the
 //! host through a real TAP (in a namespace this test creates), and the `--trace` timeline's
-//! chains on the queue workers: kick → chain popped → TAP write → used ring → interrupt, and
-//! TAP readable → TAP read → used ring → interrupt.
+//! chains on the queue workers: kick → chain popped → TAP write → used ring → interrupt (or
+//! the interrupt held behind the reply's, `txhold`), and TAP readable → TAP read → used ring →
+//! interrupt.
 mod common;
 #[path = "common/netns.rs"]
 mod netns;
@@ -142,6 +143,7 @@ fn stats_map_and_trace_show_the_net_trap_path() {
     assert!(c["rx0.frames"].as_u64().unwrap() >= 10, "{c}");
     assert!(c["tx0.wakeups"].as_u64().unwrap() >= 1, "{c}");
     assert!(c["pair0.tap_wakeups"].as_u64().unwrap() >= 1, "{c}");
+    let held = c["tx0.irq_held"].as_u64().unwrap();
     // Every interrupt the device raised went out through some vector, by irqfd.
     let raised = c["tx0.interrupts"].as_u64().unwrap() + c["rx0.interrupts"].as_u64().unwrap();
     let vectors = dev["interrupts"].as_array().unwrap();
@@ -218,6 +220,23 @@ fn stats_map_and_trace_show_the_net_trap_path() {
         ),
         "no TX chain kick → used ring on the worker: {chains:?}"
     );
+    // Each hold is on the timeline, the request's flow going on to it.
+    if held > 0 {
+        assert!(
+            has_flow(
+                &chains,
+                "net0-",
+                &[
+                    "ioeventfd wakeup",
+                    "tap write",
+                    "used ring",
+                    "interrupt held"
+                ],
+                false
+            ),
+            "{held} holds, none on the timeline: {chains:?}"
+        );
+    }
     assert!(
         has_chain(
             &chains,

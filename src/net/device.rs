@@ -703,6 +703,7 @@ impl VirtioDevice for Net {
                     rx_enabled: enabled,
                     vhost: st.vhost.is_some(),
                     hold: TxHold::default(),
+                    hold_trace: Default::default(),
                 });
                 if st.vhost.is_some() {
                     if let Err(e) = self.start_vhost(p, &mut st, &mem, interrupt.as_ref()) {

@@ -14,6 +14,7 @@ use super::exit_tests::{Rig, RXQ, TXQ};
 use crate::net::ctrl::tests::{rings, SIZE};
 use crate::net::header::HDR_LEN;
 use crate::net::NetConfig;
+use crate::trace::timeline::Timeline;
 use crate::virtio::{
     feature, InterruptError, VirtioInterrupt, VirtioInterruptType, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -27,6 +28,8 @@ struct Driver {
     cleans_tx: bool,
     rx_irqs: u32,
     tx_irqs: u32,
+    /// The trace flow each transmit interrupt was raised in (0: none).
+    tx_flows: Vec<u64>,
 }
 
 fn used_event_addr(q: u64) -> GuestAddress {
@@ -40,9 +43,20 @@ impl Driver {
     }
 }
 
-struct Irq(Arc<Mutex<Driver>>);
+struct Irq(Arc<Mutex<Driver>>, Option<Arc<Timeline>>);
 
 impl VirtioInterrupt for Irq {
+    fn trigger_in_flow(&self, kind: VirtioInterruptType, flow: u64) -> Result<(), InterruptError> {
+        if kind == VirtioInterruptType::Queue(TXQ as u16) {
+            self.0.lock().unwrap().tx_flows.push(flow);
+        }
+        self.trigger(kind)
+    }
+
+    fn timeline(&self) -> Option<Arc<Timeline>> {
+        self.1.clone()
+    }
+
     fn trigger(&self, kind: VirtioInterruptType) -> Result<(), InterruptError> {
         let mut d = self.0.lock().unwrap();
         if kind == VirtioInterruptType::Queue(RXQ as u16) {
@@ -66,12 +80,21 @@ fn rig(cleans_tx: bool) -> (Rig, Arc<Mutex<Driver>>) {
 }
 
 fn rig_with(cleans_tx: bool, cfg: NetConfig) -> (Rig, Arc<Mutex<Driver>>) {
+    rig_traced(cleans_tx, cfg, None)
+}
+
+fn rig_traced(
+    cleans_tx: bool,
+    cfg: NetConfig,
+    timeline: Option<Arc<Timeline>>,
+) -> (Rig, Arc<Mutex<Driver>>) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let driver = Arc::new(Mutex::new(Driver {
         mem: mem.clone(),
         cleans_tx,
         rx_irqs: 0,
         tx_irqs: 0,
+        tx_flows: Vec::new(),
     }));
     {
         let d = driver.lock().unwrap();
@@ -79,7 +102,7 @@ fn rig_with(cleans_tx: bool, cfg: NetConfig) -> (Rig, Arc<Mutex<Driver>>) {
         d.arm(TXQ);
     }
     let features = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_EVENT_IDX);
-    let rig = Rig::with(mem, features, Arc::new(Irq(driver.clone())), cfg);
+    let rig = Rig::with(mem, features, Arc::new(Irq(driver.clone(), timeline)), cfg);
     (rig, driver)
 }
 
@@ -218,4 +241,41 @@ fn the_vcpu_path_never_holds() {
         "the reply read inside the exit, both interrupts"
     );
     assert!(!rig.net.handle().tx_interrupt_pending(0));
+}
+
+#[test]
+fn the_timeline_shows_the_hold_and_how_it_ended() {
+    for cleans_tx in [true, false] {
+        let tl = Arc::new(Timeline::new(1024));
+        let (mut rig, driver) = rig_traced(cleans_tx, NetConfig::new("hold0"), Some(tl.clone()));
+        ping(&mut rig, &driver, 0);
+        rig.net.handle().hold_expired(0);
+        let json = tl.to_json();
+        let events = json["traceEvents"].as_array().unwrap();
+        let span = events
+            .iter()
+            .find(|e| e["ph"] == "X" && e["cat"] == "net" && e["args"]["decided_by"].is_string())
+            .unwrap_or_else(|| panic!("no span for the hold: {json}"));
+        let outcome = if cleans_tx { "not wanted" } else { "sent" };
+        assert_eq!(span["args"]["outcome"], outcome, "{span}");
+        assert_eq!(span["args"]["decided_by"], "hold expired", "{span}");
+        let name = span["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("queue {TXQ}: tx interrupt held "))
+                && name.ends_with(&format!(" us, {outcome}")),
+            "{name}"
+        );
+        assert!(span["args"]["held_us"].as_f64().unwrap() >= 0.0, "{span}");
+        // The kick's flow goes on to the hold; an interrupt sent after it ends that flow.
+        let flow_of = |name: &str| {
+            events
+                .iter()
+                .find(|e| e["cat"] == "flow" && e["name"] == name)
+                .and_then(|e| e["id"].as_u64())
+        };
+        let flow = flow_of("interrupt held").expect("a flow step at the hold");
+        assert_eq!(flow_of("ioeventfd wakeup"), Some(flow), "{json}");
+        let sent = driver.lock().unwrap().tx_flows.clone();
+        assert_eq!(sent, if cleans_tx { vec![] } else { vec![flow] });
+    }
 }

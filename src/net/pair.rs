@@ -19,7 +19,7 @@ use super::chain::{IoVecs, RamMap, Seg};
 use super::counters::PairCounters;
 use super::hold::{HoldStep, TxHold};
 use super::rx::RxBuffers;
-use super::trace::Tracer;
+use super::trace::{HoldTrace, Tracer};
 use super::used::UsedRing;
 use super::vhost::VhostPair;
 use crate::trace::timeline::Timeline;
@@ -103,6 +103,8 @@ pub(crate) struct ActivePair {
     pub vhost: bool,
     /// The transmit interrupt wanted and not yet sent (module `hold`).
     pub hold: TxHold,
+    /// `--trace`: that interrupt's flow and hold.
+    pub hold_trace: HoldTrace,
 }
 
 impl Pair {
@@ -302,9 +304,13 @@ impl Pair {
         let interrupts = st.counters.rx.interrupts;
         let result = st.process_rx(self.backend.as_ref());
         if st.counters.rx.interrupts != interrupts {
+            let tracing = st.timeline.is_some();
             if let Some(a) = st.active.as_mut() {
                 if a.hold.rx_interrupt() {
                     st.counters.tx.irq_held += 1;
+                    if tracing {
+                        a.hold_trace.since = Some(Instant::now());
+                    }
                 }
             }
         }

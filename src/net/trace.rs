@@ -44,6 +44,46 @@ impl Tracer<'_> {
     }
 }
 
+/// A transmit interrupt left to the worker (module `hold`) as the timeline sees it: the flow of
+/// the run whose completion wants it, and when a receive interrupt began holding it. Kept only
+/// when tracing; the decision is a span in that flow (how long the interrupt was held, and
+/// what came of it), and an interrupt sent then ends the flow.
+#[derive(Debug, Default)]
+pub(crate) struct HoldTrace {
+    pub flow: u64,
+    pub since: Option<Instant>,
+}
+
+impl HoldTrace {
+    /// The interrupt is being decided: the tracer whose flow it ends if sent, and when its
+    /// hold began (if it was held); both cleared.
+    pub fn take<'a>(
+        &mut self,
+        tl: &'a Option<Arc<Timeline>>,
+    ) -> (Option<Tracer<'a>>, Option<Instant>) {
+        let since = self.since.take();
+        (tracer(tl, std::mem::take(&mut self.flow)), since)
+    }
+}
+
+impl Tracer<'_> {
+    /// The decision on a transmit interrupt held since `since`: a span from `start` (the
+    /// decision's) to now, with the flow's step at its start: `sent` or no longer wanted, and
+    /// what decided it (`how`).
+    pub fn held(&self, since: Instant, start: Instant, queue: u16, sent: bool, how: &str) {
+        let outcome = if sent { "sent" } else { "not wanted" };
+        let held_us = start.saturating_duration_since(since).as_secs_f64() * 1e6;
+        self.span(
+            Some(start),
+            format!("queue {queue}: tx interrupt held {held_us:.1} us, {outcome}"),
+            "interrupt held",
+            serde_json::json!({
+                "queue": queue, "held_us": held_us, "outcome": outcome, "decided_by": how
+            }),
+        );
+    }
+}
+
 /// A worker's wakeup as the timeline sees it: a span for the wakeup, and a flow that starts
 /// there if the run it served did anything (a frame, a used entry, an interrupt).
 pub(crate) struct Wakeup<'a> {

@@ -176,6 +176,9 @@ impl PairState {
                     hold,
                     &tr,
                 )?;
+                if tr.is_some() && a.hold.uncovered() {
+                    a.hold_trace.flow = *flow;
+                }
                 popped = trace::now(&tr);
             }
             c.passes += 1;
@@ -200,10 +203,20 @@ impl PairState {
         a.hold.decided();
         let c = &mut self.counters.tx;
         let sent = c.interrupts;
+        let (tr, since) = a.hold_trace.take(&self.timeline);
+        let start = trace::now(&tr);
         let (irq, intr) = (IrqCounters::tx(c), a.interrupt.as_ref());
         // Everything was published already: an error here is a ring the driver moved out of
         // RAM since, read for its used_event.
-        let ok = signal(&mut a.tx_used, &a.mem, intr, a.tx_index, irq, &None).is_ok();
+        let ok = signal(&mut a.tx_used, &a.mem, intr, a.tx_index, irq, &tr).is_ok();
+        if let (Some(t), Some(since), Some(start)) = (&tr, since, start) {
+            let how = if expired {
+                "hold expired"
+            } else {
+                "next transmit pass"
+            };
+            t.held(since, start, a.tx_index, c.interrupts != sent, how);
+        }
         if held && c.interrupts == sent {
             c.irq_held_avoided += 1;
         } else if held && expired {

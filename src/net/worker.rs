@@ -167,18 +167,8 @@ fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
                     let Some(evt) = shared.kick_evt(q) else {
                         continue;
                     };
-                    let w = Wakeup::new(shared.timeline());
                     match evt.read() {
-                        Ok(kicks) => {
-                            let flow = w.as_ref().map_or(0, |w| w.flow);
-                            shared.kick(q, kicks, flow, false);
-                            if let Some(w) = w {
-                                let name = format!("{}: queue {q} ioeventfd wakeup", shared.name);
-                                let args =
-                                    serde_json::json!({"queue": q, "kicks": kicks, "flow": flow});
-                                w.end(&name, "ioeventfd wakeup", args);
-                            }
-                        }
+                        Ok(kicks) => serve_kick(shared, q, kicks),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => log::warn!("{}: queue {q} kick: {e}", shared.name),
                     }
@@ -201,6 +191,18 @@ fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
     }
 }
 
+/// `kicks` ioeventfd kicks of queue `q`, served in a flow of their own when traced.
+fn serve_kick(shared: &Shared, q: usize, kicks: u64) {
+    let w = Wakeup::new(shared.timeline());
+    let flow = w.as_ref().map_or(0, |w| w.flow);
+    shared.kick(q, kicks, flow, false);
+    if let Some(w) = w {
+        let name = format!("{}: queue {q} ioeventfd wakeup", shared.name);
+        let args = serde_json::json!({"queue": q, "kicks": kicks, "flow": flow});
+        w.end(&name, "ioeventfd wakeup", args);
+    }
+}
+
 /// A worker's steps, run on the caller's thread: for drivers of the device without worker
 /// threads (tests, the fuzz target).
 impl NetHandle {
@@ -215,7 +217,7 @@ impl NetHandle {
 
     /// What a worker does when queue `q`'s ioeventfd fires (`process_queue` is notify=exit).
     pub fn ioeventfd_kick(&self, q: usize) {
-        self.shared.kick(q, 1, 0, false);
+        serve_kick(&self.shared, q, 1);
     }
 
     /// What pair `p`'s worker does after each batch of events: decide a transmit interrupt

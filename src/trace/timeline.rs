@@ -535,7 +535,12 @@ pub fn summary(json: &Value, last: usize) -> Result<String, SummaryError> {
         let ends_in_kernel = steps.last().is_some_and(|s| {
             crate::trace::kernel::timeline::KERNEL_STEPS.contains(&s.name.as_str())
         });
-        if !ends_in_kernel && steps.last().is_some_and(|s| s.name != "interrupt") {
+        let last = steps.last().map(|s| s.name.as_str());
+        if last == Some("interrupt held") {
+            out.push_str(
+                "  (the transmit interrupt was held behind a receive interrupt (txhold) and the driver no longer wanted it)\n",
+            );
+        } else if !ends_in_kernel && last.is_some_and(|s| s != "interrupt") {
             out.push_str(
                 "  (no interrupt: the driver did not want one (EVENT_IDX / NO_INTERRUPT), or a later run sent it)\n",
             );
@@ -624,6 +629,33 @@ mod tests {
             text.contains("interrupt") && text.contains("irqfd vector 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_flow_that_ends_at_a_held_interrupt_says_so() {
+        let tl = Timeline::new(16);
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        tl.span(
+            "queue 1 ioeventfd wakeup",
+            "queue",
+            us(0),
+            us(10),
+            json!({}),
+        );
+        tl.flow(3, "ioeventfd wakeup", Flow::Start, us(0));
+        tl.span("queue 1: used ring +1", "net", us(8), us(9), json!({}));
+        tl.flow(3, "used ring", Flow::Step, us(8));
+        let held = "queue 1: tx interrupt held 190.0 us, not wanted";
+        tl.span(held, "net", us(200), us(201), json!({}));
+        tl.flow(3, "interrupt held", Flow::Step, us(200));
+        let text = summary(&tl.to_json(), 5).unwrap();
+        assert!(text.contains(held), "{text}");
+        assert!(
+            text.contains("held behind a receive interrupt (txhold)"),
+            "{text}"
+        );
+        assert!(!text.contains("(no interrupt:"), "{text}");
     }
 
     #[test]
