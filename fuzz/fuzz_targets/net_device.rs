@@ -29,7 +29,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use trapvisor::net::header::HDR_LEN;
 use trapvisor::net::tap::offload_from_features;
@@ -86,124 +85,9 @@ use fake::{lock, Fake, Io, Irq};
 #[path = "net_device/chains.rs"]
 mod chains;
 use chains::split;
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-struct DescSpec {
-    addr: u32,
-    len: u32,
-    /// bit 0 write; bits 2-3 address: buffers, across RAM's end, far outside, anywhere (reads);
-    /// bit 4 `next` from `addr`'s top half; bit 5 chain ends here; bit 6 raw length.
-    kind: u8,
-}
-
-#[derive(Arbitrary, Debug)]
-enum Op {
-    RxBuffers {
-        pair: u8,
-        count: u8,
-        len: u32,
-        pieces: u8,
-    },
-    TxFrame {
-        pair: u8,
-        hdr: [u8; HDR_LEN],
-        len: u32,
-        pieces: u8,
-    },
-    /// Up to 4 descriptors, then an indirect one to up to 4 more (`ind_len`: bit 15 raw
-    /// table length, bit 14 table outside RAM).
-    Chain {
-        queue: u8,
-        n: u8,
-        descs: [DescSpec; 4],
-        ind_n: u8,
-        ind_len: u16,
-        ind: [DescSpec; 4],
-    },
-    Ctrl {
-        class: u8,
-        cmd: u8,
-        data_len: u8,
-        data: [u8; 8],
-        shape: u8,
-    },
-    PairsSet {
-        pairs: u16,
-    },
-    OffloadsSet {
-        offloads: u64,
-    },
-    Frames {
-        pair: u8,
-        count: u8,
-        len: u32,
-        fill: u8,
-    },
-    Kick {
-        queue: u8,
-    },
-    Ready {
-        pair: u8,
-        events: u8,
-    },
-    /// 1..=size stale available entries become available again.
-    AvailJump {
-        queue: u8,
-        delta: u16,
-    },
-    /// An available index more than the queue size ahead, a kick, and the index put back.
-    AvailGlitch {
-        queue: u8,
-        delta: u16,
-    },
-    Head {
-        queue: u8,
-        head: u16,
-    },
-    Suppress {
-        queue: u8,
-        no_interrupt: bool,
-        used_event: u16,
-    },
-    Poke {
-        offset: u32,
-        value: u64,
-    },
-    Backend {
-        pair: u8,
-        tx_again: u8,
-        tx_error: u8,
-        rx_error: u8,
-    },
-    Reset {
-        features: u64,
-    },
-    ReadConfig {
-        offset: u8,
-        len: u8,
-    },
-    /// What a pair's worker does after a batch of events (`txhold`: look once more, decide
-    /// or hold a transmit interrupt).
-    WorkerIdle {
-        pair: u8,
-    },
-    /// A pair's `txhold` timer expires.
-    HoldExpired {
-        pair: u8,
-    },
-}
-
-#[derive(Arbitrary, Debug)]
-struct Input {
-    pairs: u8,
-    offload: bool,
-    fail_config: bool,
-    irq_fail: bool,
-    features: u64,
-    sizes: [u8; MAX_QUEUES],
-    not_ready: u8,
-    ops: Vec<Op>,
-}
+#[path = "net_device/input.rs"]
+mod input;
+use input::{DescSpec, Input, Op};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
