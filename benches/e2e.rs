@@ -19,6 +19,12 @@
 //! VMM process's on-CPU time (every thread's `schedstat`, so the vCPU thread's time in the
 //! guest counts too), in µs.
 //!
+//! Then the UDP streams against their **host-side floor**, measured in the same rounds
+//! (`e2e/floor.rs`): the same TAP, datagrams and host end with no VM, a bare thread that only
+//! `writev`s the guest's frames (udp-tx) or reads what the bench's sender sends (udp-rx). A
+//! VMM's rate ÷ the floor says how much of the host's ceiling it reaches, and floor ÷ QEMU is
+//! the most that trapvisor ÷ QEMU could be with a bottom half that cost nothing.
+//!
 //! Then trapvisor alone with `notify=exit` and with `irq=msi` against its defaults
 //! (ioeventfd, irqfd), and `notify=exit` against QEMU.
 //!
@@ -26,6 +32,8 @@
 //! message otherwise); options `-- --secs S --rounds N` (defaults 2 and 3: each value is the
 //! median of N runs; `--only ping,udp-tx-1472,...` runs a subset). Ratios are trapvisor / QEMU oriented so that **> 1 means trapvisor is
 //! better** (higher packets/s, lower latency, exits, interrupts, CPU).
+#[path = "e2e/floor.rs"]
+mod floor;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 
@@ -170,30 +178,38 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-/// Sends test datagrams (guest/net-host.py's format) of `size` bytes to the guest as fast as
-/// the socket takes them for `secs`; returns how many went out.
+fn ip4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+/// A test datagram's payload (guest/net-host.py's format) of `size` bytes for `seq`: magic,
+/// sequence number, size, the CRC-32 of the body, the body.
+fn test_datagram(seq: u32, size: usize) -> Vec<u8> {
+    let body: Vec<u8> = (16..size).map(|k| (seq as usize + k) as u8).collect();
+    let mut d = Vec::with_capacity(size);
+    d.extend_from_slice(b"TVN1");
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend_from_slice(&(size as u32).to_be_bytes());
+    d.extend_from_slice(&crc32(&body).to_be_bytes());
+    d.extend_from_slice(&body);
+    d
+}
+
+/// Sends test datagrams of `size` bytes to the guest as fast as the socket takes them for
+/// `secs`; returns how many went out.
 fn blast(ns: &NetNs, size: usize, secs: u32) -> u64 {
     ns.exec(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect((GUEST_IP, 9000)).unwrap();
-        let bodies: Vec<(Vec<u8>, u32)> = (0..256u32)
-            .map(|seq| {
-                let body: Vec<u8> = (16..size).map(|k| (seq as usize + k) as u8).collect();
-                let crc = crc32(&body);
-                (body, crc)
-            })
-            .collect();
+        // The body depends on seq mod 256 only: 256 templates, the sequence number patched in.
+        let templates: Vec<Vec<u8>> = (0..256u32).map(|seq| test_datagram(seq, size)).collect();
         let mut buf = vec![0u8; size];
         let end = Instant::now() + Duration::from_secs(u64::from(secs));
         let mut seq = 0u32;
         while Instant::now() < end {
             for _ in 0..64 {
-                let (body, crc) = &bodies[(seq & 0xff) as usize];
-                buf[..4].copy_from_slice(b"TVN1");
+                buf.copy_from_slice(&templates[(seq & 0xff) as usize]);
                 buf[4..8].copy_from_slice(&seq.to_be_bytes());
-                buf[8..12].copy_from_slice(&(size as u32).to_be_bytes());
-                buf[12..16].copy_from_slice(&crc.to_be_bytes());
-                buf[16..].copy_from_slice(body);
                 if s.send(&buf).is_ok() {
                     seq += 1;
                 }
@@ -291,6 +307,31 @@ impl Bench {
             s.exits = Some(perf_sum(&perf_out, start, end + 0.011)?);
         }
         Ok(s)
+    }
+
+    /// The host-side floor of a UDP stream (`floor.rs`): packets/s with no VM. `None` for
+    /// ping.
+    fn floor(&self, work: Work) -> Option<f64> {
+        match work {
+            Work::Ping => None,
+            Work::Tx(size) => {
+                let tap0 = tap_stat(&self.ns, "rx", "packets");
+                let (sent, secs) = floor::tx(
+                    &self.ns,
+                    TAP,
+                    (ip4(GUEST_IP), ip4(HOST_IP), 9000),
+                    self.secs,
+                    |seq| test_datagram(seq, size as usize),
+                );
+                let tap = tap_stat(&self.ns, "rx", "packets").saturating_sub(tap0);
+                Some(sent.min(tap) as f64 / secs)
+            }
+            Work::Rx(size) => {
+                let reader = floor::Reader::start(&self.ns, TAP, GUEST_IP, 9000, size as usize);
+                blast(&self.ns, size as usize, self.secs);
+                Some(reader.finish() as f64 / f64::from(self.secs))
+            }
+        }
     }
 
     /// Waits for the markers and collects the sample: (window start and end in seconds after
@@ -507,6 +548,35 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// The UDP streams against their host-side floor (no VM: a bare loop on the same TAP and the
+/// same host end, `floor.rs`), medians of the rounds. floor/qemu is the most that
+/// trapvisor/qemu could be with a bottom half that cost nothing.
+fn print_floors(works: &[Work], results: &[Vec<Agg>], floors: Vec<Vec<f64>>) {
+    if floors.iter().all(Vec::is_empty) {
+        return;
+    }
+    println!(
+        "\n{:<28} {:>12} {:>12} {:>12} {:>12}   (floor: no VM, a bare loop on the same TAP)",
+        "host-side floor", "floor kpps", "tv/floor", "qemu/floor", "floor/qemu"
+    );
+    for ((wi, &w), f) in works.iter().enumerate().zip(floors) {
+        if f.is_empty() {
+            continue;
+        }
+        let floor = median(f) / 1000.0;
+        let tv = results[0][wi].get(|s| Some(s.pps / 1000.0));
+        let qm = results[1][wi].get(|s| Some(s.pps / 1000.0));
+        println!(
+            "{:<28} {:>12} {:>12} {:>12} {:>12}",
+            format!("{} kpps", w.name()),
+            fmt(floor),
+            fmt(tv / floor),
+            fmt(qm / floor),
+            fmt(floor / qm)
+        );
+    }
+}
+
 fn skip(why: &str) -> ! {
     println!("e2e bench skipped: {why}");
     std::process::exit(0)
@@ -613,6 +683,7 @@ fn main() {
         Vmm::Trapvisor(",irq=msi"),
     ];
     let mut results = vec![vec![Agg::default(); works.len()]; vmms.len()];
+    let mut floors = vec![Vec::new(); works.len()];
     for round in 0..rounds {
         for (wi, &w) in works.iter().enumerate() {
             for (vi, &v) in vmms.iter().enumerate() {
@@ -621,6 +692,7 @@ fn main() {
                     Err(e) => eprintln!("e2e: round {round} {} {}: {e}", v.name(), w.name()),
                 }
             }
+            floors[wi].extend(b.floor(w));
         }
     }
 
@@ -640,6 +712,7 @@ fn main() {
             );
         }
     }
+    print_floors(&works, &results, floors);
     println!(
         "\n{:<28} {:>12} {:>12} {:>12}   (ratio > 1: the default better; exit/qemu > 1: notify=exit better than QEMU)",
         "trapvisor alone", "default", "notify=exit", "irq=msi"

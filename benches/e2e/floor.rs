@@ -1,0 +1,239 @@
+//! The host-side floors of the e2e bench's UDP streams: the same TAP, the same datagrams and
+//! the same host end, with no VM. What a VMM's rate is measured against shows here: a bare
+//! loop that does nothing but the TAP's syscalls is as fast as any bottom half can be.
+//!
+//! * **tx**: one thread `writev`s the guest's frames (vnet header, Ethernet, IPv4, UDP with
+//!   its checksum, the test payload; as `net.udp-tx` builds them) into the TAP as fast as it
+//!   takes them. The host's stack receives each inside the `writev` and drops it at the sink
+//!   socket, as it does for a guest's.
+//! * **rx**: the bench's sender (`blast`, the same as for a guest) sends to the guest's
+//!   address, which a permanent neighbour entry maps to a made-up MAC; one thread reads the
+//!   TAP and counts the test datagrams (no checks, no ring: less than any VMM does).
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use trapvisor::net::tap::Tap;
+
+use crate::netns::NetNs;
+
+/// The vnet header the TAP is opened with (trapvisor's `Tap`: 12 bytes, all zero for a frame
+/// with no offload, which is what the built-in guest sends).
+const VNET_HDR: usize = 12;
+const ETH: usize = 14;
+const IP: usize = 20;
+const UDP: usize = 8;
+/// The MAC the rx floor's neighbour entry gives the guest's address.
+const FAKE_MAC: &str = "02:00:00:00:00:99";
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        acc += u32::from(w);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("bad MAC {s}"));
+    }
+    m
+}
+
+/// One frame as the TAP takes it: vnet header, Ethernet to `dst_mac`, IPv4 `src` → `dst`,
+/// UDP `sport` → `dport` (checksum filled in) around `payload`.
+fn frame(
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR];
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&mac(FAKE_MAC));
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (IP + UDP + payload.len()) as u16;
+    let mut ip = [0u8; IP];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let udp_len = (UDP + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(UDP + payload.len());
+    udp.extend_from_slice(&ports.0.to_be_bytes());
+    udp.extend_from_slice(&ports.1.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    let c = match fold(sum16(&udp, sum16(&pseudo, 0))) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// The TAP's MAC address (its host end, which the guest's frames are sent to).
+fn tap_mac(ns: &NetNs, tap: &str) -> [u8; 6] {
+    let json = ns.ip(&["-j", "link", "show", tap]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    mac(v[0]["address"].as_str().expect("the TAP's address"))
+}
+
+/// Writes `payload(seq)` datagrams (256 distinct frames, in turn) from `src` to `dst`:`port`
+/// into `tap` for `secs`; returns how many the TAP took and the seconds it took them in.
+pub fn tx(
+    ns: &NetNs,
+    tap: &str,
+    (src, dst, port): ([u8; 4], [u8; 4], u16),
+    secs: u32,
+    payload: impl Fn(u32) -> Vec<u8>,
+) -> (u64, f64) {
+    let t = ns.exec(|| Tap::open(tap)).expect("open the TAP");
+    let dst_mac = tap_mac(ns, tap);
+    let frames: Vec<Vec<u8>> = (0..256u32)
+        .map(|seq| frame(dst_mac, src, dst, (0x7476, port), &payload(seq)))
+        .collect();
+    let mut sent = 0u64;
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(u64::from(secs));
+    while Instant::now() < end {
+        for f in &frames[..64] {
+            if let Ok(Some(_)) = t.writev(&[IoSlice::new(f)]) {
+                sent += 1;
+            }
+        }
+        for f in &frames[64..] {
+            if let Ok(Some(_)) = t.writev(&[IoSlice::new(f)]) {
+                sent += 1;
+            }
+        }
+    }
+    (sent, t0.elapsed().as_secs_f64())
+}
+
+/// The rx floor's reading end: a thread reading `tap` and counting UDP datagrams to `port`
+/// of `size` bytes of payload, until [`Reader::finish`].
+pub struct Reader {
+    ns_name: String,
+    guest_ip: String,
+    tap: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl Reader {
+    /// Opens the TAP and maps `guest_ip` to a made-up MAC (no guest answers ARP here).
+    pub fn start(ns: &NetNs, tap: &str, guest_ip: &str, port: u16, size: usize) -> Reader {
+        let t = ns.exec(|| Tap::open(tap)).expect("open the TAP");
+        ns.ip(&[
+            "neigh",
+            "replace",
+            guest_ip,
+            "lladdr",
+            FAKE_MAC,
+            "nud",
+            "permanent",
+            "dev",
+            tap,
+        ])
+        .expect("neighbour entry");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let want = VNET_HDR + ETH + IP + UDP + size;
+            let mut buf = vec![0u8; 65_536];
+            let mut got = 0u64;
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                match t.readv(&mut [IoSliceMut::new(&mut buf)]) {
+                    Ok(Some(n)) => {
+                        idle_since = None;
+                        let at = VNET_HDR + ETH + IP + 2;
+                        if n == want && buf[at..at + 2] == port.to_be_bytes() {
+                            got += 1;
+                        }
+                    }
+                    _ => {
+                        // Stop once asked and the TAP has been empty for 100 ms.
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if s.load(Ordering::Relaxed) && since.elapsed() > Duration::from_millis(100)
+                        {
+                            return got;
+                        }
+                        let mut p = libc::pollfd {
+                            fd: t.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd for the call's duration.
+                        unsafe { libc::poll(&mut p, 1, 10) };
+                    }
+                }
+            }
+        });
+        Reader {
+            ns_name: ns.name().to_string(),
+            guest_ip: guest_ip.to_string(),
+            tap: tap.to_string(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the reader (after the TAP ran empty) and removes the neighbour entry; the
+    /// datagrams read.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &self.ns_name,
+                "neigh",
+                "del",
+                &self.guest_ip,
+                "dev",
+                &self.tap,
+            ])
+            .output();
+    }
+}
