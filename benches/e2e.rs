@@ -310,28 +310,32 @@ impl Bench {
     }
 
     /// The host-side floor of a UDP stream (`floor.rs`): packets/s with no VM. `None` for
-    /// ping.
+    /// ping, or (with a line saying why) when the TAP could not be used.
     fn floor(&self, work: Work) -> Option<f64> {
-        match work {
-            Work::Ping => None,
+        let pps = match work {
+            Work::Ping => return None,
             Work::Tx(size) => {
                 let tap0 = tap_stat(&self.ns, "rx", "packets");
-                let (sent, secs) = floor::tx(
+                floor::tx(
                     &self.ns,
                     TAP,
                     (ip4(GUEST_IP), ip4(HOST_IP), 9000),
                     self.secs,
                     |seq| test_datagram(seq, size as usize),
-                );
-                let tap = tap_stat(&self.ns, "rx", "packets").saturating_sub(tap0);
-                Some(sent.min(tap) as f64 / secs)
+                )
+                .map(|(sent, secs)| {
+                    let tap = tap_stat(&self.ns, "rx", "packets").saturating_sub(tap0);
+                    sent.min(tap) as f64 / secs
+                })
             }
-            Work::Rx(size) => {
-                let reader = floor::Reader::start(&self.ns, TAP, GUEST_IP, 9000, size as usize);
-                blast(&self.ns, size as usize, self.secs);
-                Some(reader.finish() as f64 / f64::from(self.secs))
-            }
-        }
+            Work::Rx(size) => floor::Reader::start(&self.ns, TAP, GUEST_IP, 9000, size as usize)
+                .map(|r| {
+                    blast(&self.ns, size as usize, self.secs);
+                    r.finish() as f64 / f64::from(self.secs)
+                }),
+        };
+        pps.map_err(|e| eprintln!("e2e: {} floor: {e}", work.name()))
+            .ok()
     }
 
     /// Waits for the markers and collects the sample: (window start and end in seconds after
@@ -570,9 +574,9 @@ fn print_floors(works: &[Work], results: &[Vec<Agg>], floors: Vec<Vec<f64>>) {
             "{:<28} {:>12} {:>12} {:>12} {:>12}",
             format!("{} kpps", w.name()),
             fmt(floor),
-            fmt(tv / floor),
-            fmt(qm / floor),
-            fmt(floor / qm)
+            format!("{:.2}", tv / floor),
+            format!("{:.2}", qm / floor),
+            format!("{:.2}", floor / qm)
         );
     }
 }

@@ -103,10 +103,16 @@ fn frame(
 }
 
 /// The TAP's MAC address (its host end, which the guest's frames are sent to).
-fn tap_mac(ns: &NetNs, tap: &str) -> [u8; 6] {
-    let json = ns.ip(&["-j", "link", "show", tap]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    mac(v[0]["address"].as_str().expect("the TAP's address"))
+fn tap_mac(ns: &NetNs, tap: &str) -> Result<[u8; 6], String> {
+    let json = ns.ip(&["-j", "link", "show", tap])?;
+    let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    let addr = v[0]["address"].as_str().ok_or("no address for the TAP")?;
+    Ok(mac(addr))
+}
+
+fn open(ns: &NetNs, tap: &str) -> Result<Tap, String> {
+    ns.exec(|| Tap::open(tap))
+        .map_err(|e| format!("open TAP {tap}: {e}"))
 }
 
 /// Writes `payload(seq)` datagrams (256 distinct frames, in turn) from `src` to `dst`:`port`
@@ -117,9 +123,9 @@ pub fn tx(
     (src, dst, port): ([u8; 4], [u8; 4], u16),
     secs: u32,
     payload: impl Fn(u32) -> Vec<u8>,
-) -> (u64, f64) {
-    let t = ns.exec(|| Tap::open(tap)).expect("open the TAP");
-    let dst_mac = tap_mac(ns, tap);
+) -> Result<(u64, f64), String> {
+    let t = open(ns, tap)?;
+    let dst_mac = tap_mac(ns, tap)?;
     let frames: Vec<Vec<u8>> = (0..256u32)
         .map(|seq| frame(dst_mac, src, dst, (0x7476, port), &payload(seq)))
         .collect();
@@ -138,7 +144,7 @@ pub fn tx(
             }
         }
     }
-    (sent, t0.elapsed().as_secs_f64())
+    Ok((sent, t0.elapsed().as_secs_f64()))
 }
 
 /// The rx floor's reading end: a thread reading `tap` and counting UDP datagrams to `port`
@@ -153,20 +159,16 @@ pub struct Reader {
 
 impl Reader {
     /// Opens the TAP and maps `guest_ip` to a made-up MAC (no guest answers ARP here).
-    pub fn start(ns: &NetNs, tap: &str, guest_ip: &str, port: u16, size: usize) -> Reader {
-        let t = ns.exec(|| Tap::open(tap)).expect("open the TAP");
-        ns.ip(&[
-            "neigh",
-            "replace",
-            guest_ip,
-            "lladdr",
-            FAKE_MAC,
-            "nud",
-            "permanent",
-            "dev",
-            tap,
-        ])
-        .expect("neighbour entry");
+    pub fn start(
+        ns: &NetNs,
+        tap: &str,
+        guest_ip: &str,
+        port: u16,
+        size: usize,
+    ) -> Result<Reader, String> {
+        let t = open(ns, tap)?;
+        let neigh = ["neigh", "replace", guest_ip, "lladdr", FAKE_MAC];
+        ns.ip(&[&neigh[..], &["nud", "permanent", "dev", tap]].concat())?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -201,13 +203,13 @@ impl Reader {
                 }
             }
         });
-        Reader {
+        Ok(Reader {
             ns_name: ns.name().to_string(),
             guest_ip: guest_ip.to_string(),
             tap: tap.to_string(),
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Stops the reader (after the TAP ran empty) and removes the neighbour entry; the
