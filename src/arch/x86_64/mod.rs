@@ -22,6 +22,8 @@ pub mod seccomp;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vcpu_tests;
 
 use std::fs::File;
 
