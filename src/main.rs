@@ -31,9 +31,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {
-            // One line, as for every other bad input.
+            // One line, as for every other bad input; a first line that ends in a colon
+            // takes the indented lines that follow it (the arguments it names).
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines();
+            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+            if first.ends_with(':') {
+                let named: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                first = format!("{first} {}", named.join(", "));
+            }
             eprintln!("trapvisor: {first} (see --help)");
             return ExitCode::from(EXIT_USAGE);
         }

@@ -246,3 +246,9 @@ fn vhost_with_exit_notify_or_msi() {
         assert_usage_error(&out, needle);
     }
 }
+
+#[test]
+fn a_missing_argument_is_named_on_the_one_line() {
+    let out = run(&["guest-image"]);
+    assert_usage_error(&out, "not provided: <PATH>");
+}
