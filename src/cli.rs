@@ -22,13 +22,27 @@ pub struct Cli {
 pub enum Command {
     /// Boot a VM: the built-in guest unless --kernel is given.
     Run(RunArgs),
-    /// Describe in words the last packet paths (flows) of a `--trace` file.
+    /// Describe in words the last packet paths (flows) of a `--trace` file, or with --totals
+    /// where each thread's time went.
     TraceSummary {
         /// The trace file.
         path: PathBuf,
         /// How many of the last chains to describe.
         #[arg(long, default_value_t = 5)]
         last: usize,
+        /// Instead of the chains: per thread, the time in each kind of span (count, total,
+        /// share, mean), the largest first.
+        #[arg(long)]
+        totals: bool,
+        /// With --totals: only spans that start at or after this time (ms of the trace).
+        #[arg(long, requires = "totals")]
+        from_ms: Option<f64>,
+        /// With --totals: only spans that start at or before this time (ms of the trace).
+        #[arg(long, requires = "totals")]
+        to_ms: Option<f64>,
+        /// With --totals: how many kinds per thread.
+        #[arg(long, default_value_t = 12, requires = "totals")]
+        top: usize,
     },
     /// Talk to a running VM through its API socket.
     Ctl(CtlArgs),

@@ -55,10 +55,20 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_USAGE, &e),
         },
         Command::Run(args) => run(args, started),
-        Command::TraceSummary { path, last } => {
-            match trapvisor::trace::timeline::summarize_file(&path, last)
-                .with_context(|| format!("cannot summarize {}", path.display()))
-            {
+        Command::TraceSummary {
+            path,
+            last,
+            totals,
+            from_ms,
+            to_ms,
+            top,
+        } => {
+            let text = if totals {
+                trapvisor::trace::totals::totals_file(&path, from_ms, to_ms, top)
+            } else {
+                trapvisor::trace::timeline::summarize_file(&path, last)
+            };
+            match text.with_context(|| format!("cannot summarize {}", path.display())) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

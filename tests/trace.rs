@@ -98,3 +98,33 @@ fn summary_of_a_bad_file_is_a_one_line_error() {
     common::assert_usage_error(&out, "cannot summarize");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn totals_of_a_trace_and_their_bad_arguments() {
+    let path = std::env::temp_dir().join(format!(
+        "trapvisor-trace-totals-{}.json",
+        std::process::id()
+    ));
+    let trace = serde_json::json!({"traceEvents": [
+        {"ph": "M", "name": "thread_name", "tid": 1, "args": {"name": "net0-tv0"}},
+        {"ph": "X", "tid": 1, "name": "tap writev 64000 B", "ts": 0.0, "dur": 500.0, "cat": "net"},
+        {"ph": "X", "tid": 1, "name": "tap writev 100 B", "ts": 1000.0, "dur": 500.0, "cat": "net"},
+    ]});
+    std::fs::write(&path, trace.to_string()).unwrap();
+    let p = path.to_str().unwrap();
+    let out = common::run(&["trace-summary", "--totals", p]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    assert!(
+        out.stdout.contains("net0-tv0")
+            && out.stdout.contains("n=2")
+            && out.stdout.contains("tap writev N B"),
+        "{}",
+        out.dump()
+    );
+    // A window needs --totals, and says which argument is missing.
+    let out = common::run(&["trace-summary", "--from-ms", "1", p]);
+    common::assert_usage_error(&out, "--totals");
+    let out = common::run(&["trace-summary", "--totals", "--to-ms", "soon", p]);
+    common::assert_usage_error(&out, "soon");
+    std::fs::remove_file(&path).unwrap();
+}

@@ -5,3 +5,4 @@ pub mod kernel;
 pub mod kstats;
 pub mod phases;
 pub mod timeline;
+pub mod totals;
