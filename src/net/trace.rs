@@ -42,6 +42,22 @@ impl Tracer<'_> {
             self.tl.flow(self.flow, step, Flow::Step, start);
         }
     }
+
+    /// The decision on a transmit interrupt held since `since`: a span from `start` (the
+    /// decision's) to now, with the flow's step at its start: `sent` or no longer wanted, and
+    /// what decided it (`how`).
+    pub fn held(&self, since: Instant, start: Instant, queue: u16, sent: bool, how: &str) {
+        let outcome = if sent { "sent" } else { "not wanted" };
+        let held_us = start.saturating_duration_since(since).as_secs_f64() * 1e6;
+        self.span(
+            Some(start),
+            format!("queue {queue}: tx interrupt held {held_us:.1} us, {outcome}"),
+            "interrupt held",
+            serde_json::json!({
+                "queue": queue, "held_us": held_us, "outcome": outcome, "decided_by": how
+            }),
+        );
+    }
 }
 
 /// A transmit interrupt left to the worker (module `hold`) as the timeline sees it: the flow of
@@ -63,24 +79,6 @@ impl HoldTrace {
     ) -> (Option<Tracer<'a>>, Option<Instant>) {
         let since = self.since.take();
         (tracer(tl, std::mem::take(&mut self.flow)), since)
-    }
-}
-
-impl Tracer<'_> {
-    /// The decision on a transmit interrupt held since `since`: a span from `start` (the
-    /// decision's) to now, with the flow's step at its start: `sent` or no longer wanted, and
-    /// what decided it (`how`).
-    pub fn held(&self, since: Instant, start: Instant, queue: u16, sent: bool, how: &str) {
-        let outcome = if sent { "sent" } else { "not wanted" };
-        let held_us = start.saturating_duration_since(since).as_secs_f64() * 1e6;
-        self.span(
-            Some(start),
-            format!("queue {queue}: tx interrupt held {held_us:.1} us, {outcome}"),
-            "interrupt held",
-            serde_json::json!({
-                "queue": queue, "held_us": held_us, "outcome": outcome, "decided_by": how
-            }),
-        );
     }
 }
 
