@@ -34,6 +34,8 @@
 //! better** (higher packets/s, lower latency, exits, interrupts, CPU).
 #[path = "e2e/floor.rs"]
 mod floor;
+#[path = "../tests/common/frames.rs"]
+mod frames;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use trapvisor::net::tap::Tap;
 
+use crate::frames;
 use crate::netns::NetNs;
 
 /// The vnet header the TAP is opened with (trapvisor's `Tap`: 12 bytes, all zero for a frame
@@ -29,25 +30,6 @@ const UDP: usize = 8;
 /// The MAC the rx floor's neighbour entry gives the guest's address.
 const FAKE_MAC: &str = "02:00:00:00:00:99";
 
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from(c[0]) << 8
-        };
-        acc += u32::from(w);
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 fn mac(s: &str) -> [u8; 6] {
     let mut m = [0u8; 6];
     for (b, p) in m.iter_mut().zip(s.split(':')) {
@@ -56,8 +38,8 @@ fn mac(s: &str) -> [u8; 6] {
     m
 }
 
-/// One frame as the TAP takes it: vnet header, Ethernet to `dst_mac`, IPv4 `src` → `dst`,
-/// UDP `sport` → `dport` (checksum filled in) around `payload`.
+/// One frame as the TAP takes it: a zero vnet header, then Ethernet to `dst_mac`, IPv4
+/// `src` → `dst`, UDP `ports` (checksum filled in) around `payload`.
 fn frame(
     dst_mac: [u8; 6],
     src: [u8; 4],
@@ -66,39 +48,17 @@ fn frame(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR];
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&mac(FAKE_MAC));
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (IP + UDP + payload.len()) as u16;
-    let mut ip = [0u8; IP];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[6] = 0x40; // don't fragment
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = fold(sum16(&ip, 0));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let udp_len = (UDP + payload.len()) as u16;
-    let mut udp = Vec::with_capacity(UDP + payload.len());
-    udp.extend_from_slice(&ports.0.to_be_bytes());
-    udp.extend_from_slice(&ports.1.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&udp_len.to_be_bytes());
-    let c = match fold(sum16(&udp, sum16(&pseudo, 0))) {
-        0 => 0xffff,
-        c => c,
-    };
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&udp);
+    let (sport, dport) = ports;
+    f.extend(frames::udp(
+        dst_mac,
+        mac(FAKE_MAC),
+        src,
+        dst,
+        sport,
+        dport,
+        payload,
+        false,
+    ));
     f
 }
 
@@ -133,12 +93,7 @@ pub fn tx(
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs(u64::from(secs));
     while Instant::now() < end {
-        for f in &frames[..64] {
-            if let Ok(Some(_)) = t.writev(&[IoSlice::new(f)]) {
-                sent += 1;
-            }
-        }
-        for f in &frames[64..] {
+        for f in &frames {
             if let Ok(Some(_)) = t.writev(&[IoSlice::new(f)]) {
                 sent += 1;
             }
