@@ -10,7 +10,7 @@
 l2_cmdline="console=ttyS0 panic=-1 loglevel=4"
 l2=(--initrd "$KIT/l2.cpio.gz" --memory 512M)
 mount_tracefs='mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing'
-scenario tcp-tx-trace 400 -- "$L1RUN" --tap tv0 --iperf -- sh -c "$mount_tracefs; exec \"\$@\"" \
+scenario tcp-tx-trace 400 --slow -- "$L1RUN" --tap tv0 --iperf -- sh -c "$mount_tracefs; exec \"\$@\"" \
     sh "$TRAPVISOR" run --trace-kernel --trace "$out/tcp-tx-trace/trace.json" --stats \
     --kernel "$KIT/vmlinuz" "${l2[@]}" --net tap=tv0 \
     --cmdline "$l2_cmdline l2.ip=10.0.2.15/24 l2.iperf=client:10.0.2.1 l2.iperf_dir=tx l2.iperf_time=2"
