@@ -167,8 +167,9 @@ fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
                     let Some(evt) = shared.kick_evt(q) else {
                         continue;
                     };
+                    let w = Wakeup::new(shared.timeline());
                     match evt.read() {
-                        Ok(kicks) => serve_kick(shared, q, kicks),
+                        Ok(kicks) => serve_kick(shared, q, kicks, w),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => log::warn!("{}: queue {q} kick: {e}", shared.name),
                     }
@@ -191,9 +192,8 @@ fn run(shared: &Shared, p: usize, timer: &mut TimerFd) {
     }
 }
 
-/// `kicks` ioeventfd kicks of queue `q`, served in a flow of their own when traced.
-fn serve_kick(shared: &Shared, q: usize, kicks: u64) {
-    let w = Wakeup::new(shared.timeline());
+/// `kicks` ioeventfd kicks of queue `q`, served in the flow of wakeup `w` when traced.
+fn serve_kick(shared: &Shared, q: usize, kicks: u64, w: Option<Wakeup<'_>>) {
     let flow = w.as_ref().map_or(0, |w| w.flow);
     shared.kick(q, kicks, flow, false);
     if let Some(w) = w {
@@ -217,7 +217,7 @@ impl NetHandle {
 
     /// What a worker does when queue `q`'s ioeventfd fires (`process_queue` is notify=exit).
     pub fn ioeventfd_kick(&self, q: usize) {
-        serve_kick(&self.shared, q, 1);
+        serve_kick(&self.shared, q, 1, Wakeup::new(self.shared.timeline()));
     }
 
     /// What pair `p`'s worker does after each batch of events: decide a transmit interrupt
