@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use trapvisor::net::config::parse_mac;
 use trapvisor::net::tap::Tap;
 
 use crate::frames;
@@ -30,14 +31,6 @@ const UDP: usize = 8;
 /// The MAC the rx floor's neighbour entry gives the guest's address.
 const FAKE_MAC: &str = "02:00:00:00:00:99";
 
-fn mac(s: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (b, p) in m.iter_mut().zip(s.split(':')) {
-        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("bad MAC {s}"));
-    }
-    m
-}
-
 /// One frame as the TAP takes it: a zero vnet header, then Ethernet to `dst_mac`, IPv4
 /// `src` → `dst`, UDP `ports` (checksum filled in) around `payload`.
 fn frame(
@@ -51,7 +44,7 @@ fn frame(
     let (sport, dport) = ports;
     f.extend(frames::udp(
         dst_mac,
-        mac(FAKE_MAC),
+        parse_mac(FAKE_MAC).expect("FAKE_MAC is a unicast MAC"),
         src,
         dst,
         sport,
@@ -67,7 +60,7 @@ fn tap_mac(ns: &NetNs, tap: &str) -> Result<[u8; 6], String> {
     let json = ns.ip(&["-j", "link", "show", tap])?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
     let addr = v[0]["address"].as_str().ok_or("no address for the TAP")?;
-    Ok(mac(addr))
+    parse_mac(addr)
 }
 
 fn open(ns: &NetNs, tap: &str) -> Result<Tap, String> {
