@@ -570,12 +570,15 @@ fn halves(steps: &[Step]) -> String {
     format!("  in the kernel: {k:.1} us, in trapvisor: {u:.1} us\n")
 }
 
+/// A trace file's JSON.
+pub fn read_trace(path: &Path) -> Result<Value, SummaryError> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| SummaryError::Parse(e.to_string()))
+}
+
 /// Reads a trace file and summarizes its last `last` chains.
 pub fn summarize_file(path: &Path, last: usize) -> Result<String, SummaryError> {
-    let text = std::fs::read_to_string(path)?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| SummaryError::Parse(e.to_string()))?;
-    summary(&json, last)
+    summary(&read_trace(path)?, last)
 }
 
 #[cfg(test)]

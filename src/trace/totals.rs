@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::timeline::SummaryError;
+use super::timeline::{read_trace, SummaryError};
 
 /// A span's kind: its name with the numbers that vary made `N`.
 pub fn kind(name: &str) -> String {
@@ -122,10 +122,7 @@ pub fn totals_file(
     to_ms: Option<f64>,
     top: usize,
 ) -> Result<String, SummaryError> {
-    let text = std::fs::read_to_string(path)?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| SummaryError::Parse(e.to_string()))?;
-    totals(&json, from_ms, to_ms, top)
+    totals(&read_trace(path)?, from_ms, to_ms, top)
 }
 
 #[cfg(test)]
