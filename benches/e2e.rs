@@ -1,6 +1,7 @@
 //! End to end, trapvisor against QEMU: the built-in guest (the same ELF and the same command
 //! line for both) drives a virtio-net PCI device over the same TAP, in a network namespace
-//! this bench makes. One run prints a table; the VMMs take turns for every workload.
+//! this bench makes. One run prints a table; the VMMs take turns for every workload, in an
+//! order that rotates every round (the host-side floor's turn with them).
 //!
 //! Workloads (every one with `wait=halt`, the guest halting when it has nothing to do, unless
 //! `--wait irq|poll`):
@@ -692,13 +693,20 @@ fn main() {
     let mut floors = vec![Vec::new(); works.len()];
     for round in 0..rounds {
         for (wi, &w) in works.iter().enumerate() {
-            for (vi, &v) in vmms.iter().enumerate() {
+            // The order rotates every round, the floor's turn with it: no VMM always runs
+            // right after the same one.
+            let turns = vmms.len() + 1;
+            for t in 0..turns {
+                let vi = (t + round as usize) % turns;
+                let Some(&v) = vmms.get(vi) else {
+                    floors[wi].extend(b.floor(w));
+                    continue;
+                };
                 match b.run(v, w) {
                     Ok(s) => results[vi][wi].0.push(s),
                     Err(e) => eprintln!("e2e: round {round} {} {}: {e}", v.name(), w.name()),
                 }
             }
-            floors[wi].extend(b.floor(w));
         }
     }
 
