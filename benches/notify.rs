@@ -309,7 +309,7 @@ fn kick_vm(n: u32) -> (Vm, VcpuFd) {
 /// thread then running on the measuring CPU; trapvisor's VM has more of it (the PCI platform,
 /// MSI-X routes, irqfds, ioeventfds). Without the pause the ratio followed the order of the
 /// measurements before it (1.12–1.17 for notify=ioeventfd with the rounds as they are, 1.01
-/// with no exit measurements before it); with it, 1.03–1.04. The steady state is what a
+/// with no exit measurements before it); with it, 1.00–1.04. The steady state is what a
 /// running guest pays.
 const SETTLE: Duration = Duration::from_millis(50);
 
@@ -317,7 +317,6 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// thread's CPU time per kick, exits).
 fn run_kicks(vcpu: &mut VcpuFd, n: u32, mut on_mmio: impl FnMut(u64, &[u8])) -> (Duration, u64) {
     std::thread::sleep(SETTLE);
-    std::thread::sleep(Duration::from_millis(50));
     let mut start = None;
     let mut exits = 0;
     loop {
